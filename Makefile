@@ -1,0 +1,51 @@
+# e-mage — two commands: `make run` (the whole platform locally) and `make test` (every test).
+# Both install what they need from the package registries; downloads are cached in ~/.cache/emage
+# (EMAGE_CACHE), per-checkout state in .local/ (git-ignored).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(CURDIR)/.venv
+UV_VERSION := 0.13.8
+UV := $(CURDIR)/.local/tools/bin/uv
+PY := $(CURDIR)/.venv/bin/python
+
+.PHONY: help run test bootstrap provision lint typecheck unit integration bench clean
+
+help:
+	@echo "make run    start Kafka, MongoDB, S3, Keycloak, the five services and demo data (Ctrl-C stops all)"
+	@echo "make test   lint, type-check and run every test (unit, static, integration on real servers)"
+
+$(UV):
+	python3 -m venv $(CURDIR)/.local/tools
+	$(CURDIR)/.local/tools/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+bootstrap: $(UV)
+	$(UV) sync --frozen --all-packages
+
+provision: bootstrap
+	$(PY) -m emage_devstack provision
+
+run: provision
+	exec $(PY) -m emage_devstack up --profile run
+
+lint: bootstrap
+	$(UV) run --frozen ruff check .
+	$(UV) run --frozen ruff format --check .
+
+typecheck: bootstrap
+	$(UV) run --frozen mypy libs/common/src services/*/src deploy/local/src
+
+test: provision lint typecheck
+	$(PY) -m pytest
+
+unit: bootstrap
+	$(PY) -m pytest -m "not integration" --ignore=tests/integration
+
+integration: provision
+	$(PY) -m pytest tests/integration
+
+clean:
+	rm -rf .local .venv

@@ -1,0 +1,69 @@
+"""The real local stack for the integration tests: Kafka, MongoDB, SeaweedFS S3, Keycloak and the services.
+
+Started once per test session with the ``test`` profile (its own ports and data, so a developer's
+``make run`` can stay up meanwhile), from empty data, and stopped by PID at the end. These are the same
+native servers ``make run`` uses; nothing here is a fake.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from emage_devstack.s3 import ARCHIVE_BUCKET
+from emage_devstack.stack import Stack
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    test_stack = Stack("test")
+    test_stack.provision()
+    test_stack.start_infrastructure(wipe=True)
+    try:
+        yield test_stack
+    finally:
+        test_stack.stop()
+
+
+@pytest.fixture(scope="session")
+def services(stack: Stack) -> Stack:
+    """The five services running as real processes against the stack (started on first use)."""
+    missing = tuple(
+        name for name in ("ingest", "catalog", "consent", "access", "audit") if name not in stack.services
+    )
+    if missing:
+        stack.start_services(missing)
+    return stack
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(stack: Stack) -> str:
+    return stack.kafka.bootstrap_servers
+
+
+@pytest.fixture(scope="session")
+def mongo_uri(stack: Stack) -> str:
+    return stack.mongo.uri
+
+
+@pytest.fixture(scope="session")
+def s3_config(stack: Stack) -> dict[str, str]:
+    return {
+        "endpoint_url": stack.s3.endpoint_url,
+        "access_key_id": stack.s3.access_key,
+        "secret_access_key": stack.s3.secret_key,
+        "region": "us-east-1",
+        "bucket": ARCHIVE_BUCKET,
+    }
+
+
+@pytest.fixture(scope="session")
+def keycloak_issuer(stack: Stack) -> str:
+    return stack.keycloak.issuer
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/integration/" in str(item.path):
+            item.add_marker(pytest.mark.integration)
