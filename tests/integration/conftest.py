@@ -1,12 +1,14 @@
 """The real local stack for the integration tests: Kafka, MongoDB, SeaweedFS S3, Keycloak and the services.
 
-Started once per test session with the ``test`` profile (its own ports and data, so a developer's
-``make run`` can stay up meanwhile), from empty data, and stopped by PID at the end. These are the same
-native servers ``make run`` uses; nothing here is a fake.
+Started once per test session with the ``test`` profile, from empty data, and stopped by PID at the end. The
+profile has its own ports and data, so a developer's ``make run`` can stay up meanwhile;
+``EMAGE_TEST_PROFILE=test1``..``test9`` picks another block of ports for parallel sessions. These are the
+same native servers ``make run`` uses; nothing here is a fake.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -17,7 +19,7 @@ from emage_devstack.stack import Stack
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
-    test_stack = Stack("test")
+    test_stack = Stack(os.environ.get("EMAGE_TEST_PROFILE", "test"))
     test_stack.provision()
     test_stack.start_infrastructure(wipe=True)
     try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 
 @dataclass(frozen=True)
@@ -60,3 +60,18 @@ PROFILES: dict[str, Ports] = {
         dimse=21112,
     ),
 }
+
+
+def ports_for(profile: str) -> Ports:
+    """``run``, ``test``, or ``test<N>`` (N = 1..9): a block of 15 ports at 30000 + 100·N.
+
+    The numbered profiles let several test sessions run side by side on one machine (a developer's
+    parallel runs, a clean-clone CI check), each with its own servers and data under ``.local/<profile>``.
+    """
+    if profile in PROFILES:
+        return PROFILES[profile]
+    suffix = profile.removeprefix("test")
+    if profile.startswith("test") and suffix.isdigit() and 1 <= int(suffix) <= 9:
+        base = 30000 + 100 * int(suffix)
+        return Ports(*(base + index for index in range(len(fields(Ports)))))
+    raise ValueError(f"unknown profile {profile!r}: use run, test or test1..test9")

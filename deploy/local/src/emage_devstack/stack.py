@@ -19,7 +19,7 @@ from .kafka import TOPICS, KafkaServer
 from .keycloak import KeycloakServer
 from .mongo import MongoServer
 from .paths import state_dir
-from .ports import PROFILES, Ports
+from .ports import Ports, ports_for
 from .process import ManagedProcess
 from .s3 import ARCHIVE_BUCKET, S3Server
 
@@ -37,7 +37,7 @@ class Stack:
     log: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr, flush=True))
 
     def __post_init__(self) -> None:
-        self.ports: Ports = PROFILES[self.profile]
+        self.ports: Ports = ports_for(self.profile)
         self.kafka = KafkaServer(self.profile, self.ports)
         self.mongo = MongoServer(self.profile, self.ports)
         self.s3 = S3Server(self.profile, self.ports)
