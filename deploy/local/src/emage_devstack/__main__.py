@@ -51,8 +51,18 @@ def _banner(stack: Stack, started: float) -> str:
     return "\n".join(lines)
 
 
+def _stop_with_parent() -> None:
+    """Get SIGTERM when the parent (``make run``) dies first: a SIGTERM sent to make alone stops all."""
+    if sys.platform == "linux":
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def _up(args: argparse.Namespace) -> int:
     started = time.monotonic()
+    _stop_with_parent()
     stack = Stack(args.profile)
     stop = threading.Event()
 
