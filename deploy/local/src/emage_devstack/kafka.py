@@ -10,9 +10,8 @@ import uuid
 from pathlib import Path
 
 from .java import find_java_home
-from .paths import cache_dir, repo_root, state_dir
-from .ports import Ports
-from .process import ManagedProcess
+from .paths import cache_dir, repo_root
+from .process import ManagedProcess, NativeServer
 
 KAFKA_POM = repo_root() / "deploy" / "local" / "kafka" / "pom.xml"
 
@@ -63,14 +62,10 @@ def kafka_libs() -> Path:
     return libs
 
 
-class KafkaServer:
+class KafkaServer(NativeServer):
     """A single-node KRaft cluster bound to 127.0.0.1, with its log dirs under the profile's state."""
 
-    def __init__(self, profile: str, ports: Ports) -> None:
-        self.profile = profile
-        self.ports = ports
-        self.home = state_dir(profile) / "kafka"
-        self._process: ManagedProcess | None = None
+    name = "kafka"
 
     @property
     def bootstrap_servers(self) -> str:
@@ -181,15 +176,3 @@ class KafkaServer:
     def _accepts_connections(self) -> bool:
         with socket.create_connection(("127.0.0.1", self.ports.kafka), timeout=1):
             return True
-
-    def stop(self) -> None:
-        if self._process:
-            self._process.stop(timeout=30)
-
-    def kill(self) -> None:
-        if self._process:
-            self._process.kill()
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process else None

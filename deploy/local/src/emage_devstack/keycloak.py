@@ -47,9 +47,9 @@ from pathlib import Path
 import httpx
 
 from .java import find_java_home
-from .paths import cache_dir, repo_root, state_dir
+from .paths import cache_dir, repo_root
 from .ports import Ports
-from .process import ManagedProcess, ProcessError
+from .process import ManagedProcess, NativeServer, ProcessError
 
 KEYCLOAK_VERSION = "26.5.5"
 ARTIFACT = f"org.keycloak:keycloak-quarkus-dist:{KEYCLOAK_VERSION}:zip"
@@ -275,17 +275,16 @@ def _port_free(port: int) -> bool:
     return True
 
 
-class KeycloakServer:
+class KeycloakServer(NativeServer):
     """One profile's Keycloak, started and stopped by PID (its process group), data under the profile."""
 
+    name = "keycloak"
+
     def __init__(self, profile: str, ports: Ports, *, realm_file: Path | None = None) -> None:
-        self.profile = profile
-        self.ports = ports
+        super().__init__(profile, ports)
         self.realm_file = realm_file or REALM_FILE
-        self.home = state_dir(profile) / "keycloak"
         self.log_path = self.home / "keycloak.log"
         self.start_seconds: float | None = None
-        self._process: ManagedProcess | None = None
 
     @property
     def url(self) -> str:
@@ -298,10 +297,6 @@ class KeycloakServer:
     @property
     def management_url(self) -> str:
         return f"http://127.0.0.1:{self.ports.keycloak_management}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process else None
 
     def provision(self) -> None:
         """Fetch, unpack and build the distribution, and import the realm snapshot (all idempotent)."""
@@ -378,13 +373,3 @@ class KeycloakServer:
     def _discovery_ready(self) -> bool:
         response = httpx.get(f"{self.issuer}/.well-known/openid-configuration", timeout=2)
         return response.status_code == 200 and response.json().get("issuer") == self.issuer
-
-    def stop(self) -> None:
-        if self._process is not None:
-            self._process.stop(timeout=30)
-            self._process = None
-
-    def kill(self) -> None:
-        if self._process is not None:
-            self._process.kill()
-            self._process = None

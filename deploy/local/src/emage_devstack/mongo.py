@@ -9,9 +9,7 @@ from pathlib import Path
 from pymongo import MongoClient
 from pymongo.errors import OperationFailure, PyMongoError
 
-from .paths import state_dir
-from .ports import Ports
-from .process import ManagedProcess, ProcessError
+from .process import ManagedProcess, NativeServer, ProcessError
 
 REPLICA_SET = "rs0"
 
@@ -26,12 +24,8 @@ def mongod_binary() -> Path:
     return binary
 
 
-class MongoServer:
-    def __init__(self, profile: str, ports: Ports) -> None:
-        self.profile = profile
-        self.ports = ports
-        self.home = state_dir(profile) / "mongo"
-        self._process: ManagedProcess | None = None
+class MongoServer(NativeServer):
+    name = "mongo"
 
     @property
     def uri(self) -> str:
@@ -104,15 +98,3 @@ class MongoServer:
                     pass
                 time.sleep(0.2)
         raise ProcessError(f"mongod replica set not primary after {timeout:.0f}s")
-
-    def stop(self) -> None:
-        if self._process:
-            self._process.stop(timeout=30)
-
-    def kill(self) -> None:
-        if self._process:
-            self._process.kill()
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process else None

@@ -10,6 +10,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from .paths import state_dir
+from .ports import Ports
+
 
 class ProcessError(RuntimeError):
     """A managed process failed to start or to become ready."""
@@ -107,3 +110,33 @@ class ManagedProcess:
         except FileNotFoundError:
             return "(no log)"
         return "\n".join(content[-lines:])
+
+
+class NativeServer:
+    """One infrastructure server of a profile: its home under the profile's state, stopped by its PID."""
+
+    #: The folder under the profile's state directory, and the process name in logs.
+    name: str = "server"
+    #: How long SIGTERM is given before SIGKILL.
+    stop_timeout: float = 30.0
+
+    def __init__(self, profile: str, ports: Ports) -> None:
+        self.profile = profile
+        self.ports = ports
+        self.home = state_dir(profile) / self.name
+        self._process: ManagedProcess | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.stop(timeout=self.stop_timeout)
+            self._process = None
+
+    def kill(self) -> None:
+        """kill -9, as a crash would (used by the reliability tests)."""
+        if self._process is not None:
+            self._process.kill()
+            self._process = None

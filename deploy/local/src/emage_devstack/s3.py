@@ -10,9 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from .paths import state_dir
-from .ports import Ports
-from .process import ManagedProcess
+from .process import ManagedProcess, NativeServer
 
 #: Local-development credentials only. A real deployment passes its own through EMAGE_INGEST_S3_* settings.
 DEV_ACCESS_KEY = "emage-dev-access-key"
@@ -29,12 +27,9 @@ def weed_binary() -> Path:
     return found
 
 
-class S3Server:
-    def __init__(self, profile: str, ports: Ports) -> None:
-        self.profile = profile
-        self.ports = ports
-        self.home = state_dir(profile) / "seaweedfs"
-        self._process: ManagedProcess | None = None
+class S3Server(NativeServer):
+    name = "seaweedfs"
+    stop_timeout = 20.0
 
     @property
     def endpoint_url(self) -> str:
@@ -102,15 +97,3 @@ class S3Server:
         # Unsigned requests are refused (403) once the S3 gateway is up with the identities file loaded.
         response = httpx.get(self.endpoint_url, timeout=1)
         return response.status_code in (403, 200)
-
-    def stop(self) -> None:
-        if self._process:
-            self._process.stop(timeout=20)
-
-    def kill(self) -> None:
-        if self._process:
-            self._process.kill()
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process else None
