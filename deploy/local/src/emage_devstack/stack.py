@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 
 SERVICES: tuple[str, ...] = ("ingest", "catalog", "consent", "access", "audit")
 
+# DEVELOPMENT ONLY, public in this repository: the key-encryption key of the local archive. Any real
+# deployment sets EMAGE_INGEST_ARCHIVE_KEK from its own secret store (or a KMS) and never this value.
+DEV_ONLY_ARCHIVE_KEK = "ZGV2LW9ubHkgZS1tYWdlIEtFSyAtIG5vdCBzZWNyZXQ="
+
 
 @dataclass
 class Stack:
@@ -117,6 +121,11 @@ class Stack:
         env["EMAGE_INGEST_S3_ACCESS_KEY_ID"] = self.s3.access_key
         env["EMAGE_INGEST_S3_SECRET_ACCESS_KEY"] = self.s3.secret_key
         env["EMAGE_INGEST_S3_BUCKET"] = ARCHIVE_BUCKET
+        env["EMAGE_INGEST_DIMSE_PORT"] = str(self.ports.dimse)
+        # The modalities of the two dev facilities, as DIMSE calling AE titles (others: the default facility).
+        env["EMAGE_INGEST_AE_TITLE_FACILITIES"] = '{"CHUA_MODALITY":"750000001","CLIB_MODALITY":"690000002"}'
+        env["EMAGE_INGEST_ARCHIVE_KEK"] = DEV_ONLY_ARCHIVE_KEK
+        env["EMAGE_INGEST_ARCHIVE_KEK_ID"] = "dev-only-kek"
         env["EMAGE_ACCESS_OIDC_ISSUER"] = self.keycloak.issuer
         return env
 

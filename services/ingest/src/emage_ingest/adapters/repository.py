@@ -1,0 +1,297 @@
+"""Ingest's MongoDB collections: the instance index, the transactional outbox and store claims.
+
+* ``instances``: one document per SOP instance, ``_id`` = SOP Instance UID (:class:`InstanceIndex`).
+* ``outbox``: events recorded in the same transaction as the instance they announce, published by the
+  service right after the commit or, if that fails, by the relay (:class:`Outbox`).
+* ``store_claims``: a short lease per SOP Instance UID held while one request archives it, so two
+  concurrent stores of the same instance never write the same object key at once.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import pymongo
+from bson import Binary
+from pymongo import ASCENDING, ReturnDocument
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from emage_common.events import CloudEvent
+from emage_common.mongo import in_transaction
+from emage_ingest.domain.model import ArchivedInstance, ByteRange, FrameLocation
+
+INSTANCES: Final = "instances"
+OUTBOX: Final = "outbox"
+STORE_CLAIMS: Final = "store_claims"
+STUDY_KEYS: Final = "study_keys"
+
+_PENDING: Final = "pending"
+_PUBLISHED: Final = "published"
+# Published entries are kept a week for investigations, then MongoDB's TTL monitor removes them.
+_PUBLISHED_RETENTION_S: Final = 7 * 24 * 3600
+# Bounds one transaction, retries included, well below PyMongo's 120 s default.
+_TRANSACTION_TIMEOUT_S: Final = 20
+
+_PIXEL_FIELDS: Final = (
+    "rows",
+    "columns",
+    "samples_per_pixel",
+    "photometric_interpretation",
+    "planar_configuration",
+    "bits_allocated",
+    "bits_stored",
+    "high_bit",
+    "pixel_representation",
+    "rescale_slope",
+    "rescale_intercept",
+    "window_center",
+    "window_width",
+)
+
+
+class ConcurrentStoreError(RuntimeError):
+    """The instance changed, or this request's claim on it lapsed, between the check and the commit."""
+
+
+def _frame_to_document(frame: FrameLocation) -> list[Any]:
+    if not frame.fragments:
+        return [frame.offset, frame.length]
+    return [frame.offset, frame.length, [[piece.offset, piece.length] for piece in frame.fragments]]
+
+
+def _frame_from_document(value: Sequence[Any]) -> FrameLocation:
+    fragments = tuple(ByteRange(int(o), int(n)) for o, n in value[2]) if len(value) > 2 else ()
+    return FrameLocation(int(value[0]), int(value[1]), fragments)
+
+
+def instance_to_document(instance: ArchivedInstance) -> dict[str, Any]:
+    """The ``instances`` document of ``instance``."""
+    return {
+        "_id": instance.sop_instance_uid,
+        "study_instance_uid": instance.study_instance_uid,
+        "series_instance_uid": instance.series_instance_uid,
+        "sop_class_uid": instance.sop_class_uid,
+        "transfer_syntax_uid": instance.transfer_syntax_uid,
+        "object_key": instance.object_key,
+        "size_bytes": instance.size_bytes,
+        "sha256": instance.sha256,
+        "stored_at": instance.stored_at,
+        "facility_finess": instance.facility_finess,
+        "modality": instance.modality,
+        "instance_number": instance.instance_number,
+        "number_of_frames": instance.number_of_frames,
+        "frames": [_frame_to_document(frame) for frame in instance.frames],
+        "pixel": {name: getattr(instance, name) for name in _PIXEL_FIELDS},
+    }
+
+
+def instance_from_document(document: Mapping[str, Any]) -> ArchivedInstance:
+    """The :class:`ArchivedInstance` an ``instances`` document records."""
+    pixel = document.get("pixel") or {}
+    stored_at: datetime = document["stored_at"]
+    return ArchivedInstance(
+        study_instance_uid=document["study_instance_uid"],
+        series_instance_uid=document["series_instance_uid"],
+        sop_instance_uid=document["_id"],
+        sop_class_uid=document["sop_class_uid"],
+        transfer_syntax_uid=document["transfer_syntax_uid"],
+        object_key=document["object_key"],
+        size_bytes=int(document["size_bytes"]),
+        sha256=document["sha256"],
+        stored_at=stored_at if stored_at.tzinfo else stored_at.replace(tzinfo=UTC),
+        facility_finess=document["facility_finess"],
+        modality=document["modality"],
+        instance_number=document.get("instance_number"),
+        number_of_frames=int(document["number_of_frames"]),
+        frames=tuple(_frame_from_document(frame) for frame in document["frames"]),
+        **{name: pixel.get(name) for name in _PIXEL_FIELDS},
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """An event waiting to be published on ``topic`` (its bytes are the CloudEvent, structured JSON)."""
+
+    event_id: str
+    topic: str
+    event: CloudEvent
+    attempts: int = 0
+
+
+class InstanceIndex:
+    """The archived instances: what is stored, where, and how to read its frames."""
+
+    def __init__(self, database: AsyncDatabase[dict[str, Any]]) -> None:
+        self._database = database
+        self._instances = database[INSTANCES]
+        self._claims = database[STORE_CLAIMS]
+        self._outbox = database[OUTBOX]
+
+    async def ensure_indexes(self) -> None:
+        """Create the indexes the queries need (idempotent; run at start-up)."""
+        await self._instances.create_index(
+            [
+                ("study_instance_uid", ASCENDING),
+                ("series_instance_uid", ASCENDING),
+                ("instance_number", ASCENDING),
+            ],
+            name="study_series_number",
+        )
+        await self._claims.create_index("expires_at", expireAfterSeconds=0, name="claim_expiry")
+
+    async def get(self, sop_instance_uid: str) -> ArchivedInstance | None:
+        """The instance with this SOP Instance UID, or ``None``."""
+        document = await self._instances.find_one({"_id": sop_instance_uid})
+        return instance_from_document(document) if document is not None else None
+
+    async def list(self, study_uid: str, series_uid: str | None = None) -> builtins.list[ArchivedInstance]:
+        """The instances of a study (or of one of its series), by series, then Instance Number, then UID."""
+        query: dict[str, Any] = {"study_instance_uid": study_uid}
+        if series_uid is not None:
+            query["series_instance_uid"] = series_uid
+        cursor = self._instances.find(query).sort(
+            [("series_instance_uid", ASCENDING), ("instance_number", ASCENDING), ("_id", ASCENDING)]
+        )
+        return [instance_from_document(document) async for document in cursor]
+
+    async def claim(self, sop_instance_uid: str, token: str, lease: timedelta) -> bool:
+        """Take the store lease on an instance; ``False`` while another request holds an unexpired one."""
+        now = datetime.now(UTC)
+        try:
+            await self._claims.insert_one(
+                {"_id": sop_instance_uid, "token": token, "expires_at": now + lease}
+            )
+            return True
+        except DuplicateKeyError:
+            taken = await self._claims.find_one_and_update(
+                {"_id": sop_instance_uid, "expires_at": {"$lt": now}},
+                {"$set": {"token": token, "expires_at": now + lease}},
+            )
+            return taken is not None
+
+    async def release(self, sop_instance_uid: str, token: str) -> None:
+        """Give the lease back (only if it is still ``token``'s)."""
+        await self._claims.delete_one({"_id": sop_instance_uid, "token": token})
+
+    async def record(
+        self,
+        instance: ArchivedInstance,
+        entry: OutboxEntry,
+        *,
+        claim_token: str,
+        replaces_sha256: str | None,
+        publishing_lease: timedelta,
+        publisher_id: str,
+    ) -> None:
+        """Record ``instance`` and its outbox ``entry``, and release the claim, in one transaction.
+
+        ``replaces_sha256`` is the digest of the version being replaced (``None`` for a first store); if
+        the recorded state is not that any more, or the claim lapsed, nothing is written and
+        :class:`ConcurrentStoreError` is raised. The entry is leased to ``publisher_id`` for
+        ``publishing_lease``, so the relay leaves it to the direct publication meanwhile. Each statement
+        both acts and checks, so the transaction costs four round trips with its commit.
+        """
+        document = instance_to_document(instance)
+        entry_document = _entry_document(
+            entry, lease_owner=publisher_id, lease_until=datetime.now(UTC) + publishing_lease
+        )
+
+        async def write(session: AsyncClientSession) -> None:
+            released = await self._claims.delete_one(
+                {"_id": instance.sop_instance_uid, "token": claim_token}, session=session
+            )
+            if released.deleted_count != 1:
+                raise ConcurrentStoreError("the store lease on this instance lapsed")
+            if replaces_sha256 is None:
+                try:
+                    await self._instances.insert_one(document, session=session)
+                except DuplicateKeyError:
+                    raise ConcurrentStoreError("the instance was stored meanwhile") from None
+            else:
+                replaced = await self._instances.replace_one(
+                    {"_id": instance.sop_instance_uid, "sha256": replaces_sha256}, document, session=session
+                )
+                if replaced.matched_count != 1:
+                    raise ConcurrentStoreError("the instance changed while it was being stored")
+            await self._outbox.insert_one(entry_document, session=session)
+
+        with pymongo.timeout(_TRANSACTION_TIMEOUT_S):
+            await in_transaction(self._database.client, write)
+
+
+def _entry_document(entry: OutboxEntry, *, lease_owner: str, lease_until: datetime) -> dict[str, Any]:
+    return {
+        "_id": entry.event_id,
+        "topic": entry.topic,
+        "key": entry.event.partitionkey,
+        "event": Binary(entry.event.to_bytes()),
+        "state": _PENDING,
+        "created_at": datetime.now(UTC),
+        "lease_owner": lease_owner,
+        "lease_until": lease_until,
+        "attempts": 0,
+    }
+
+
+class Outbox:
+    """Events recorded with the state change they announce, until Kafka has them.
+
+    Any number of replicas may drain it: an entry is leased (owner and expiry) before it is published, so
+    at most one replica publishes it at a time; a replica that dies mid-way lets its lease expire and
+    another publishes the entry. Publication is at least once; consumers deduplicate by event id, which
+    stays the same however often the entry is published.
+    """
+
+    def __init__(self, database: AsyncDatabase[dict[str, Any]]) -> None:
+        self._entries = database[OUTBOX]
+
+    async def ensure_indexes(self) -> None:
+        await self._entries.create_index(
+            [("state", ASCENDING), ("lease_until", ASCENDING), ("created_at", ASCENDING)], name="due"
+        )
+        await self._entries.create_index(
+            "published_at", expireAfterSeconds=_PUBLISHED_RETENTION_S, name="published_retention"
+        )
+
+    async def lease_due(self, owner: str, lease: timedelta, limit: int) -> builtins.list[OutboxEntry]:
+        """Lease up to ``limit`` pending entries whose lease expired, oldest first."""
+        entries: builtins.list[OutboxEntry] = []
+        for _ in range(limit):
+            now = datetime.now(UTC)
+            document = await self._entries.find_one_and_update(
+                {"state": _PENDING, "lease_until": {"$lte": now}},
+                {"$set": {"lease_owner": owner, "lease_until": now + lease}, "$inc": {"attempts": 1}},
+                sort=[("created_at", ASCENDING)],
+                return_document=ReturnDocument.AFTER,
+            )
+            if document is None:
+                break
+            entries.append(
+                OutboxEntry(
+                    event_id=document["_id"],
+                    topic=document["topic"],
+                    event=CloudEvent.from_bytes(bytes(document["event"])),
+                    attempts=int(document["attempts"]),
+                )
+            )
+        return entries
+
+    async def mark_published(self, event_id: str, owner: str) -> None:
+        """Kafka has the event: the entry is done."""
+        await self._entries.update_one(
+            {"_id": event_id, "lease_owner": owner, "state": _PENDING},
+            {"$set": {"state": _PUBLISHED, "published_at": datetime.now(UTC)}, "$unset": {"lease_until": ""}},
+        )
+
+    async def retry_after(self, event_id: str, owner: str, delay: timedelta) -> None:
+        """Publication failed: let any replica lease the entry again after ``delay``."""
+        await self._entries.update_one(
+            {"_id": event_id, "lease_owner": owner, "state": _PENDING},
+            {"$set": {"lease_until": datetime.now(UTC) + delay}},
+        )
