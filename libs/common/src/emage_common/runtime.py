@@ -15,7 +15,13 @@ from fastapi import APIRouter, FastAPI
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
-from emage_common.kafka import EventPublisher, build_kafka_config, close_kafka_ready, kafka_ready
+from emage_common.kafka import (
+    ConsumerRunner,
+    EventPublisher,
+    build_kafka_config,
+    close_kafka_ready,
+    kafka_ready,
+)
 from emage_common.mongo import create_mongo_client, mongo_ready, service_database
 from emage_common.s3 import create_s3_client, s3_ready
 from emage_common.settings import S3Settings, ServiceSettings
@@ -35,6 +41,11 @@ class ServiceRuntime:
         self._publisher: EventPublisher | None = None
         self._s3: S3Client | None = None
         self._shutdown_callbacks: list[Callable[[], Awaitable[None]]] = []
+        self._consumers: list[ConsumerRunner] = []
+
+    def watch_consumer(self, consumer: ConsumerRunner) -> None:
+        """Count ``consumer`` in readiness: a service whose consumer died handles nothing, so is not ready."""
+        self._consumers.append(consumer)
 
     def on_shutdown(self, callback: Callable[[], Awaitable[None]]) -> None:
         """Run ``callback`` when the service stops, after it stopped serving requests."""
@@ -78,6 +89,7 @@ class ServiceRuntime:
             try:
                 yield
             finally:
+                self._consumers.clear()
                 self._mongo = self._publisher = self._s3 = None
 
     def readiness(self) -> dict[str, ReadinessCheck]:
@@ -87,7 +99,8 @@ class ServiceRuntime:
             return self._mongo is not None and await mongo_ready(self._mongo)
 
         async def kafka() -> bool:
-            return self._publisher is not None and await kafka_ready(self.kafka_config)
+            consuming = all(consumer.running for consumer in self._consumers)
+            return self._publisher is not None and consuming and await kafka_ready(self.kafka_config)
 
         checks: dict[str, ReadinessCheck] = {"mongodb": mongodb, "kafka": kafka}
         if isinstance(self.settings, S3Settings):

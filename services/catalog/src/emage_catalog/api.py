@@ -1,13 +1,19 @@
-"""HTTP entrypoints of the catalog service."""
+"""HTTP entrypoints of the catalog service: its DICOMweb routes on the common service runtime."""
 
 from __future__ import annotations
 
 from fastapi import FastAPI
 
 from emage_catalog import __version__
+from emage_catalog.dicomweb import router
+from emage_catalog.handlers import catalog_lifespan
 from emage_catalog.settings import Settings
 from emage_common.runtime import build_service_app
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    return build_service_app(settings or Settings(), version=__version__)
+    """The catalog app: QIDO-RS and WADO-RS metadata, fed by the ``instance.stored`` consumer."""
+    settings = settings or Settings()
+    app = build_service_app(settings, version=__version__, routers=[router])
+    app.router.lifespan_context = catalog_lifespan(settings, app.state.runtime, app.router.lifespan_context)
+    return app

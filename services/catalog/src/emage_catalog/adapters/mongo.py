@@ -1,0 +1,474 @@
+"""The catalog's MongoDB store: ``studies``, ``series`` and ``instances`` collections of its own database.
+
+Each document keeps its level's dataset in the DICOM JSON Model (``dataset``) and, under ``q``, the
+normalised values of every query key at its level and above (:func:`~emage_catalog.domain.model.
+index_fields`): a series document repeats its study's keys and an instance document its series' and
+study's, so any QIDO-RS search, hierarchical or relational, is one indexed query on one collection. When a
+study's or series' keys change, the copies below it are rewritten.
+
+Indexes follow the equality-sort-range rule for the searches the benchmark measures on 100,000 studies
+(exact Patient ID, a name prefix, a date range with a modality, a page with its total count): the default
+order (Study Date and Time, most recent first, then UID) is an index order, so a page is read in order
+and stops after ``offset + limit`` keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Final
+
+from pymongo import ASCENDING, DESCENDING, IndexModel
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+
+from emage_catalog.domain.levels import QueryLevel
+from emage_catalog.domain.matching import AnyOf, Between, Equals, Matcher, Pattern, Prefix, QueryKey
+from emage_catalog.domain.model import (
+    CatalogEntry,
+    IndexFields,
+    InstancePlacement,
+    SeriesState,
+    SeriesSummary,
+    SeriesTotals,
+    StudySnapshot,
+    StudyState,
+)
+from emage_catalog.domain.query import SearchQuery
+from emage_catalog.domain.results import Hit, ResultShape
+from emage_common.events import PatientIdentity
+
+Document = dict[str, Any]
+Filter = dict[str, Any]
+
+_STUDY_ORDER: Final = [("q.StudyDate", DESCENDING), ("q.StudyTime", DESCENDING)]
+SORT: Final[Mapping[QueryLevel, list[tuple[str, int]]]] = {
+    QueryLevel.STUDY: [*_STUDY_ORDER, ("_id", ASCENDING)],
+    QueryLevel.SERIES: [
+        *_STUDY_ORDER,
+        ("study_uid", ASCENDING),
+        ("q.SeriesNumber", ASCENDING),
+        ("_id", ASCENDING),
+    ],
+    QueryLevel.INSTANCE: [
+        *_STUDY_ORDER,
+        ("study_uid", ASCENDING),
+        ("q.SeriesNumber", ASCENDING),
+        ("series_uid", ASCENDING),
+        ("q.InstanceNumber", ASCENDING),
+        ("_id", ASCENDING),
+    ],
+}
+"""Result order of each level: most recent study first, then series and instances by number, UIDs last
+so that the order is total and a page boundary never depends on the plan MongoDB picks."""
+
+
+def sort_order(query: SearchQuery) -> list[tuple[str, int]]:
+    """The order of a search's results: :data:`SORT` without the keys its target resource fixes.
+
+    Within one study (or series) those keys are constant, and leaving them out lets the study's (series')
+    index deliver the results in order.
+    """
+    order = SORT[query.level]
+    if query.study_instance_uid is not None:
+        order = [key for key in order if key[0] not in ("q.StudyDate", "q.StudyTime", "study_uid")]
+    if query.series_instance_uid is not None:
+        order = [key for key in order if key[0] not in ("q.SeriesNumber", "series_uid")]
+    return order
+
+
+_WITHIN_STUDY: Final = [("q.SeriesNumber", ASCENDING), ("series_uid", ASCENDING)]
+_METADATA_ORDER: Final = [*_WITHIN_STUDY, ("q.InstanceNumber", ASCENDING), ("_id", ASCENDING)]
+_PENDING: Final = "announcement_pending"
+
+_STUDY_INDEXES: Final = [
+    # The result order, then the keys most searched by: read in order, a page filters on index keys and
+    # fetches only the studies it returns, however rare the matches are.
+    IndexModel(
+        [*SORT[QueryLevel.STUDY], ("q.PatientName", ASCENDING), ("q.PatientID", ASCENDING)],
+        name="study_order",
+    ),
+    IndexModel([("q.PatientID", ASCENDING), *SORT[QueryLevel.STUDY]], name="patient_id"),
+    IndexModel([("q.PatientName", ASCENDING), *SORT[QueryLevel.STUDY]], name="patient_name"),
+    IndexModel([("q.ModalitiesInStudy", ASCENDING), *SORT[QueryLevel.STUDY]], name="modalities"),
+    IndexModel([("q.AccessionNumber", ASCENDING)], name="accession_number"),
+    IndexModel([("q.ReferringPhysicianName", ASCENDING)], name="referring_physician"),
+    IndexModel([("q.PatientBirthDate", ASCENDING)], name="patient_birth_date"),
+    IndexModel(
+        [(_PENDING, ASCENDING)], name="announcement_pending", partialFilterExpression={_PENDING: True}
+    ),
+]
+_SERIES_INDEXES: Final = [
+    IndexModel([("study_uid", ASCENDING), ("q.SeriesNumber", ASCENDING), ("_id", ASCENDING)], name="study"),
+    IndexModel(SORT[QueryLevel.SERIES], name="series_order"),
+    IndexModel([("q.Modality", ASCENDING), *SORT[QueryLevel.SERIES]], name="modality"),
+    IndexModel([("q.PatientID", ASCENDING), *SORT[QueryLevel.SERIES]], name="patient_id"),
+]
+_INSTANCE_INDEXES: Final = [
+    IndexModel([("study_uid", ASCENDING), *_METADATA_ORDER], name="study"),
+    IndexModel(
+        [("series_uid", ASCENDING), ("q.InstanceNumber", ASCENDING), ("_id", ASCENDING)], name="series"
+    ),
+    IndexModel([("series_uid", ASCENDING), ("q.SOPClassUID", ASCENDING)], name="series_sop_classes"),
+    IndexModel(SORT[QueryLevel.INSTANCE], name="instance_order"),
+    IndexModel([("q.SOPClassUID", ASCENDING), *SORT[QueryLevel.INSTANCE]], name="sop_class"),
+    IndexModel([("q.PatientID", ASCENDING), *SORT[QueryLevel.INSTANCE]], name="patient_id"),
+]
+
+# The field holding each UID key in each collection: the document id, or the parent's UID.
+_UID_FIELDS: Final[Mapping[tuple[QueryLevel, str], str]] = {
+    (QueryLevel.STUDY, "StudyInstanceUID"): "_id",
+    (QueryLevel.SERIES, "StudyInstanceUID"): "study_uid",
+    (QueryLevel.SERIES, "SeriesInstanceUID"): "_id",
+    (QueryLevel.INSTANCE, "StudyInstanceUID"): "study_uid",
+    (QueryLevel.INSTANCE, "SeriesInstanceUID"): "series_uid",
+    (QueryLevel.INSTANCE, "SOPInstanceUID"): "_id",
+}
+
+
+def compile_filter(query: SearchQuery) -> Filter:
+    """The MongoDB filter of a search: the target resource's UIDs and every constraint, all required."""
+    clauses: list[Filter] = []
+    if query.study_instance_uid is not None:
+        clauses.append({"study_uid": query.study_instance_uid})
+    if query.series_instance_uid is not None:
+        clauses.append({"series_uid": query.series_instance_uid})
+    for constraint in query.constraints:
+        clauses.append(
+            _clause(_field(query.level, constraint.key), constraint.matcher, constraint.key.multivalued)
+        )
+    if not clauses:
+        return {}
+    return clauses[0] if len(clauses) == 1 else {"$and": clauses}
+
+
+def _field(level: QueryLevel, key: QueryKey) -> str:
+    return _UID_FIELDS.get((level, key.attribute.keyword), f"q.{key.attribute.keyword}")
+
+
+def _clause(field: str, matcher: Matcher, multivalued: bool) -> Filter:
+    if isinstance(matcher, AnyOf):
+        exact = [alternative.value for alternative in matcher.alternatives if isinstance(alternative, Equals)]
+        if len(exact) == len(matcher.alternatives):
+            return {field: {"$in": exact}}
+        return {"$or": [_clause(field, alternative, multivalued) for alternative in matcher.alternatives]}
+    condition = _condition(matcher)
+    if multivalued and isinstance(matcher, Prefix | Between):
+        # Both bounds must hold for one element; only then may MongoDB intersect them on a multikey index.
+        return {field: {"$elemMatch": condition}}
+    return {field: condition}
+
+
+def _condition(matcher: Equals | Prefix | Pattern | Between) -> Any:
+    match matcher:
+        case Equals(value):
+            return value
+        case Prefix(prefix):
+            # A range rather than a regular expression: exact by construction, and always an index range scan.
+            upper = matcher.upper_bound
+            return {"$gte": prefix} if upper is None else {"$gte": prefix, "$lt": upper}
+        case Pattern(regex):
+            return {"$regex": regex}
+        case Between(lower, upper):
+            if lower is not None and lower == upper:
+                return lower
+            bounds = {}
+            if lower is not None:
+                bounds["$gte"] = lower
+            if upper is not None:
+                bounds["$lte"] = upper
+            return bounds
+
+
+def _replacement(fields: IndexFields, previous: IndexFields | None) -> dict[str, Any]:
+    """An update setting ``fields`` under ``q`` and removing the keys ``previous`` had that it lacks."""
+    update: dict[str, Any] = {"$set": {f"q.{name}": value for name, value in fields.items()}}
+    removed = set(previous or {}) - set(fields)
+    if removed:
+        update["$unset"] = {f"q.{name}": "" for name in sorted(removed)}
+    return update
+
+
+class MongoCatalogStore:
+    """Study, series and instance documents in the catalog's own MongoDB database."""
+
+    def __init__(self, database: AsyncDatabase[Document]) -> None:
+        self._studies: AsyncCollection[Document] = database["studies"]
+        self._series: AsyncCollection[Document] = database["series"]
+        self._instances: AsyncCollection[Document] = database["instances"]
+        self._by_level: Mapping[QueryLevel, AsyncCollection[Document]] = {
+            QueryLevel.STUDY: self._studies,
+            QueryLevel.SERIES: self._series,
+            QueryLevel.INSTANCE: self._instances,
+        }
+
+    async def ensure_indexes(self) -> None:
+        """Create the indexes (a no-op for those that exist)."""
+        await asyncio.gather(
+            self._studies.create_indexes(_STUDY_INDEXES),
+            self._series.create_indexes(_SERIES_INDEXES),
+            self._instances.create_indexes(_INSTANCE_INDEXES),
+        )
+
+    # --- Writing --------------------------------------------------------------------------------------------
+
+    async def states(
+        self, entry: CatalogEntry
+    ) -> tuple[StudyState | None, SeriesState | None, InstancePlacement | None]:
+        """What the catalog holds of the entry's study, series and instance, if anything."""
+        study, series, instance = await asyncio.gather(
+            self._studies.find_one(
+                {"_id": entry.study_instance_uid},
+                {"facility_finess": 1, "q": 1, "revision": 1, _PENDING: 1},
+            ),
+            self._series.find_one({"_id": entry.series_instance_uid}, {"study_uid": 1, "q": 1}),
+            self._instances.find_one({"_id": entry.sop_instance_uid}, {"study_uid": 1, "series_uid": 1}),
+        )
+        return (
+            None
+            if study is None
+            else StudyState(study["facility_finess"], study["q"], study["revision"], study[_PENDING]),
+            None if series is None else SeriesState(series["study_uid"], series["q"]),
+            None if instance is None else InstancePlacement(instance["study_uid"], instance["series_uid"]),
+        )
+
+    async def put_instance(self, entry: CatalogEntry, index: IndexFields, *, stored_at: datetime) -> None:
+        """Insert or replace the instance document (keyed by SOP Instance UID, so a replay overwrites)."""
+        await self._instances.replace_one(
+            {"_id": entry.sop_instance_uid},
+            {
+                "study_uid": entry.study_instance_uid,
+                "series_uid": entry.series_instance_uid,
+                "dataset": entry.instance,
+                "q": index,
+                "stored_at": stored_at,
+            },
+            upsert=True,
+        )
+
+    async def series_totals(self, series_instance_uid: str) -> SeriesTotals:
+        """Instance count and SOP classes of a series, counted from its instance documents."""
+        found = await self._instances.aggregate(
+            [
+                {"$match": {"series_uid": series_instance_uid}},
+                {
+                    "$group": {
+                        "_id": None,
+                        "count": {"$sum": 1},
+                        "sop_classes": {"$addToSet": "$q.SOPClassUID"},
+                    }
+                },
+            ]
+        )
+        totals = await found.to_list()
+        if not totals:
+            return SeriesTotals(0, ())
+        return SeriesTotals(totals[0]["count"], tuple(sorted(totals[0]["sop_classes"])))
+
+    async def put_series(
+        self,
+        entry: CatalogEntry,
+        dataset: Mapping[str, Any],
+        index: IndexFields,
+        totals: SeriesTotals,
+        *,
+        previous: IndexFields | None,
+    ) -> None:
+        """Insert or update the series document with its dataset, own query keys and totals."""
+        update = _replacement(index, previous)
+        update["$set"].update(
+            {
+                "study_uid": entry.study_instance_uid,
+                "dataset": dataset,
+                "instance_count": totals.instance_count,
+                "sop_classes": list(totals.sop_class_uids),
+            }
+        )
+        await self._series.update_one({"_id": entry.series_instance_uid}, update, upsert=True)
+
+    async def series_summaries(self, study_instance_uid: str) -> list[SeriesSummary]:
+        """The series of a study, as the study aggregates them."""
+        cursor = self._series.find(
+            {"study_uid": study_instance_uid}, {"q.Modality": 1, "instance_count": 1, "sop_classes": 1}
+        )
+        return [
+            SeriesSummary(
+                modality=document.get("q", {}).get("Modality"),
+                instance_count=document["instance_count"],
+                sop_class_uids=tuple(document["sop_classes"]),
+            )
+            async for document in cursor
+        ]
+
+    async def put_study(
+        self,
+        entry: CatalogEntry,
+        dataset: Mapping[str, Any],
+        index: IndexFields,
+        *,
+        previous: StudyState | None,
+        revision: int,
+        announcement_pending: bool,
+    ) -> None:
+        """Insert or update the study document; the owning facility is written once, at creation."""
+        update = _replacement(index, None if previous is None else previous.index)
+        update["$set"].update(
+            {
+                "dataset": dataset,
+                "patient": entry.patient.model_dump(mode="json"),
+                "patient_key": entry.patient.patient_key,
+                "revision": revision,
+                _PENDING: announcement_pending,
+            }
+        )
+        update["$setOnInsert"] = {"facility_finess": entry.facility_finess, "announced_revision": 0}
+        await self._studies.update_one({"_id": entry.study_instance_uid}, update, upsert=True)
+
+    async def copy_study_keys(
+        self, entry: CatalogEntry, index: IndexFields, previous: IndexFields | None, *, whole_study: bool
+    ) -> None:
+        """Write a study's query keys into its series and instance documents (all, or the entry's own)."""
+        update = _replacement(index, previous)
+        if whole_study:
+            scope: Filter = {"study_uid": entry.study_instance_uid}
+            await asyncio.gather(
+                self._series.update_many(scope, update), self._instances.update_many(scope, update)
+            )
+        else:
+            await asyncio.gather(
+                self._series.update_one({"_id": entry.series_instance_uid}, update),
+                self._instances.update_one({"_id": entry.sop_instance_uid}, update),
+            )
+
+    async def copy_series_keys(
+        self, entry: CatalogEntry, index: IndexFields, previous: IndexFields | None, *, whole_series: bool
+    ) -> None:
+        """Write a series' query keys into its instance documents (all, or the entry's own)."""
+        update = _replacement(index, previous)
+        if whole_series:
+            await self._instances.update_many({"series_uid": entry.series_instance_uid}, update)
+        else:
+            await self._instances.update_one({"_id": entry.sop_instance_uid}, update)
+
+    # --- study.changed announcements ------------------------------------------------------------------------
+
+    async def pending_announcements(self, limit: int) -> list[StudySnapshot]:
+        """Up to ``limit`` studies that changed since they were last announced."""
+        cursor = self._studies.find(
+            {_PENDING: True},
+            {"facility_finess": 1, "patient": 1, "dataset": 1, "revision": 1, "announced_revision": 1},
+            limit=limit,
+        )
+        return [
+            StudySnapshot(
+                study_instance_uid=document["_id"],
+                facility_finess=document["facility_finess"],
+                patient=PatientIdentity.model_validate(document["patient"]),
+                dataset=document["dataset"],
+                revision=document["revision"],
+                announced_revision=document["announced_revision"],
+            )
+            async for document in cursor
+        ]
+
+    async def mark_announced(self, study_instance_uid: str, revision: int) -> None:
+        """Record that ``revision`` was announced; the study stays marked if it changed again meanwhile."""
+        await self._studies.update_one(
+            {"_id": study_instance_uid},
+            [
+                {
+                    "$set": {
+                        "announced_revision": {"$max": ["$announced_revision", revision]},
+                        _PENDING: {"$cond": [{"$eq": ["$revision", revision]}, False, f"${_PENDING}"]},
+                    }
+                }
+            ],
+        )
+
+    # --- Reading --------------------------------------------------------------------------------------------
+
+    async def search(self, query: SearchQuery, shape: ResultShape) -> tuple[int, list[Hit]]:
+        """The total number of matches and the requested page of them, with the documents results need."""
+        collection = self._by_level[query.level]
+        condition = compile_filter(query)
+        page_cursor = collection.find(
+            condition,
+            _projection(shape),
+            sort=sort_order(query),
+            skip=query.offset,
+            limit=query.limit,
+        )
+        total, documents = await asyncio.gather(
+            collection.count_documents(condition) if condition else collection.estimated_document_count(),
+            page_cursor.to_list(),
+        )
+        lineage = await self._lineage(query.level, shape, documents)
+        hits = []
+        for document in documents:
+            study_uid = document["_id"] if query.level is QueryLevel.STUDY else document["study_uid"]
+            series_uid = {
+                QueryLevel.STUDY: None,
+                QueryLevel.SERIES: document["_id"],
+                QueryLevel.INSTANCE: document.get("series_uid"),
+            }[query.level]
+            uids = {
+                QueryLevel.STUDY: study_uid,
+                QueryLevel.SERIES: series_uid,
+                QueryLevel.INSTANCE: document["_id"],
+            }
+            datasets = {level: lineage[level].get(uids[level], {}) for level in lineage}
+            datasets[query.level] = document.get("dataset", {})
+            hits.append(
+                Hit(
+                    study_instance_uid=study_uid,
+                    series_instance_uid=series_uid,
+                    sop_instance_uid=document["_id"] if query.level is QueryLevel.INSTANCE else None,
+                    datasets=datasets,
+                )
+            )
+        return total, hits
+
+    async def _lineage(
+        self, level: QueryLevel, shape: ResultShape, documents: Sequence[Document]
+    ) -> dict[QueryLevel, dict[str, Any]]:
+        """The datasets of the studies (and series) above a page of results, by UID, one query per level."""
+        parents = {QueryLevel.STUDY: "study_uid", QueryLevel.SERIES: "series_uid"}
+        wanted = [parent for parent in shape.levels if parent is not level]
+        found = await asyncio.gather(
+            *(
+                self._by_level[parent]
+                .find(
+                    {"_id": {"$in": sorted({document[parents[parent]] for document in documents})}},
+                    _projection(shape),
+                )
+                .to_list()
+                for parent in wanted
+            )
+        )
+        return {
+            parent: {document["_id"]: document.get("dataset", {}) for document in documents_of_level}
+            for parent, documents_of_level in zip(wanted, found, strict=True)
+        }
+
+    async def metadata(
+        self,
+        study_instance_uid: str,
+        series_instance_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+    ) -> AsyncIterator[Mapping[str, Any]]:
+        """The datasets of a study's (series', instance's) instances, in series then instance number order."""
+        condition: Filter = {"study_uid": study_instance_uid}
+        if series_instance_uid is not None:
+            condition["series_uid"] = series_instance_uid
+        if sop_instance_uid is not None:
+            condition["_id"] = sop_instance_uid
+        async for document in self._instances.find(condition, {"dataset": 1}, sort=_METADATA_ORDER):
+            yield document["dataset"]
+
+
+def _projection(shape: ResultShape) -> dict[str, int]:
+    base = {"study_uid": 1, "series_uid": 1}
+    if shape.tags is None:
+        return {**base, "dataset": 1}
+    return {**base, **{f"dataset.{tag}": 1 for tag in shape.tags}}

@@ -1,0 +1,79 @@
+"""Event entrypoints of the catalog: the ``instance.stored`` consumer and the ``study.changed`` announcer.
+
+Both run for the life of the service, inside the runtime's lifespan (:func:`catalog_lifespan`): they start
+once MongoDB and the Kafka publisher are open and stop before those close, the consumer committing what it
+handled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.types import Lifespan
+
+from emage_catalog.adapters.mongo import MongoCatalogStore
+from emage_catalog.service import CatalogService, StudyAnnouncer
+from emage_catalog.settings import Settings
+from emage_common.events import INSTANCE_STORED_TOPIC, CloudEvent, InstanceStored
+from emage_common.kafka import ConsumerRecordMeta, ConsumerRunner, EventHandler
+from emage_common.runtime import ServiceRuntime
+
+
+def instance_stored_handler(service: CatalogService) -> EventHandler:
+    """The handler of ``emage.instance.stored.v1`` records: catalog the instance the event describes.
+
+    The revision of the study is the record's offset plus one: every event of a study has the study's UID as
+    key, hence one partition, where offsets only grow (the topic's partition count never changes).
+    """
+
+    async def on_instance_stored(event: CloudEvent, meta: ConsumerRecordMeta) -> None:
+        await service.record_instance(event.data_as(InstanceStored), revision=meta.offset + 1)
+
+    return on_instance_stored
+
+
+def catalog_lifespan(
+    settings: Settings,
+    runtime: ServiceRuntime,
+    runtime_lifespan: Lifespan[FastAPI],
+) -> Lifespan[FastAPI]:
+    """The runtime's lifespan, extended with the catalog service, its consumer and its announcer.
+
+    The service is published as ``app.state.catalog`` for the HTTP routes.
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with runtime_lifespan(app):
+            store = MongoCatalogStore(runtime.database)
+            await store.ensure_indexes()
+            announcer = StudyAnnouncer(
+                store, runtime.publisher, debounce_seconds=settings.study_changed_debounce_seconds
+            )
+            service = CatalogService(store, on_study_changed=announcer.wake)
+            app.state.catalog = service
+            consumer = ConsumerRunner.from_settings(
+                settings,
+                topics=[INSTANCE_STORED_TOPIC],
+                group_id=settings.consumer_group,
+                handler=instance_stored_handler(service),
+                dlq_publisher=runtime.publisher,
+            )
+            await consumer.start()
+            runtime.watch_consumer(consumer)
+            announcing = asyncio.create_task(announcer.run(), name="study-changed-announcer")
+            try:
+                yield
+            finally:
+                try:
+                    await consumer.stop()
+                finally:
+                    announcing.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await announcing
+
+    return lifespan

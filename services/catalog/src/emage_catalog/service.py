@@ -1,0 +1,251 @@
+"""The catalog's use cases: record a stored instance, search (QIDO-RS), read metadata (WADO-RS), announce.
+
+Entrypoints (HTTP routes, the Kafka handler) call one function here each; the rules are in ``domain`` and
+the storage behind :class:`CatalogStore`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final, Protocol
+
+from emage_catalog.domain.dicom import DicomJson
+from emage_catalog.domain.levels import QueryLevel
+from emage_catalog.domain.matching import QUERY_KEYS
+from emage_catalog.domain.model import (
+    CatalogEntry,
+    IndexFields,
+    InstancePlacement,
+    SeriesState,
+    SeriesSummary,
+    SeriesTotals,
+    StudySnapshot,
+    StudyState,
+    catalog_entry,
+    check_consistency,
+    index_fields,
+    series_dataset,
+    study_changed,
+    study_dataset,
+)
+from emage_catalog.domain.query import SearchQuery
+from emage_catalog.domain.results import Hit, ResultShape, resolve_bulk_data, result_dataset, result_shape
+from emage_common.events import STUDY_CHANGED_TOPIC, CloudEvent, InstanceStored, make_event
+
+logger = logging.getLogger(__name__)
+
+EVENT_SOURCE: Final = "/emage/catalog"
+
+
+class CatalogStore(Protocol):
+    """Where the catalog keeps its study, series and instance documents."""
+
+    async def states(
+        self, entry: CatalogEntry
+    ) -> tuple[StudyState | None, SeriesState | None, InstancePlacement | None]: ...
+
+    async def put_instance(self, entry: CatalogEntry, index: IndexFields, *, stored_at: datetime) -> None: ...
+
+    async def series_totals(self, series_instance_uid: str) -> SeriesTotals: ...
+
+    async def put_series(
+        self,
+        entry: CatalogEntry,
+        dataset: Mapping[str, Any],
+        index: IndexFields,
+        totals: SeriesTotals,
+        *,
+        previous: IndexFields | None,
+    ) -> None: ...
+
+    async def series_summaries(self, study_instance_uid: str) -> list[SeriesSummary]: ...
+
+    async def put_study(
+        self,
+        entry: CatalogEntry,
+        dataset: Mapping[str, Any],
+        index: IndexFields,
+        *,
+        previous: StudyState | None,
+        revision: int,
+        announcement_pending: bool,
+    ) -> None: ...
+
+    async def copy_study_keys(
+        self, entry: CatalogEntry, index: IndexFields, previous: IndexFields | None, *, whole_study: bool
+    ) -> None: ...
+
+    async def copy_series_keys(
+        self, entry: CatalogEntry, index: IndexFields, previous: IndexFields | None, *, whole_series: bool
+    ) -> None: ...
+
+    async def pending_announcements(self, limit: int) -> list[StudySnapshot]: ...
+
+    async def mark_announced(self, study_instance_uid: str, revision: int) -> None: ...
+
+    async def search(self, query: SearchQuery, shape: ResultShape) -> tuple[int, list[Hit]]: ...
+
+    def metadata(
+        self,
+        study_instance_uid: str,
+        series_instance_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+    ) -> AsyncIterator[Mapping[str, Any]]: ...
+
+
+class EventSink(Protocol):
+    """Where ``study.changed`` events go (:class:`emage_common.kafka.EventPublisher`)."""
+
+    async def publish(self, topic: str, event: CloudEvent, key: str | None = None) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SearchPage:
+    """One page of QIDO-RS results and the number of matches on all pages."""
+
+    total: int
+    results: list[DicomJson]
+
+    def remaining_after(self, offset: int) -> int:
+        """How many matches come after this page."""
+        return max(0, self.total - offset - len(self.results))
+
+
+def _keys_of(index: IndexFields, level: QueryLevel) -> IndexFields:
+    own = {key.attribute.keyword for key in QUERY_KEYS.values() if key.level is level}
+    return {name: value for name, value in index.items() if name in own}
+
+
+class CatalogService:
+    """Records stored instances and answers searches and metadata requests."""
+
+    def __init__(self, store: CatalogStore, *, on_study_changed: Callable[[], None]) -> None:
+        self._store = store
+        self._on_study_changed = on_study_changed
+
+    async def record_instance(self, stored: InstanceStored, *, revision: int) -> None:
+        """Catalog a stored instance; its series and study are re-derived from what the catalog holds.
+
+        ``revision`` orders the events of a study (the position of this event in its partition, where every
+        event of the study is, plus one). Applying an event again, or an older one, changes nothing and
+        announces nothing; a study whose revision rises is announced on ``emage.study.changed.v1``.
+        Raises :class:`~emage_catalog.domain.model.CatalogConflictError` for an event that contradicts the
+        catalog (another facility's study, a UID already filed elsewhere); nothing is written then.
+        """
+        entry = catalog_entry(stored)
+        study, series, instance = await self._store.states(entry)
+        check_consistency(entry, study=study, series=series, instance=instance)
+
+        # The instance first, with the higher-level keys known so far, so that it counts in the totals below.
+        inherited = series.index if series is not None else study.index if study is not None else {}
+        instance_index = {**inherited, **index_fields(entry.instance, QueryLevel.INSTANCE)}
+        await self._store.put_instance(entry, instance_index, stored_at=stored.stored_at)
+
+        totals = await self._store.series_totals(entry.series_instance_uid)
+        series_attributes = series_dataset(entry.series_attributes, totals)
+        series_index = index_fields(series_attributes, QueryLevel.SERIES)
+        previous_series_index = None if series is None else _keys_of(series.index, QueryLevel.SERIES)
+        await self._store.put_series(
+            entry, series_attributes, series_index, totals, previous=previous_series_index
+        )
+
+        summaries = await self._store.series_summaries(entry.study_instance_uid)
+        study_attributes = study_dataset(entry.study_attributes, summaries)
+        study_index = index_fields(study_attributes, QueryLevel.STUDY)
+        next_revision = max(revision, 0 if study is None else study.revision)
+        pending = study is None or next_revision > study.revision or study.announcement_pending
+        await self._store.put_study(
+            entry,
+            study_attributes,
+            study_index,
+            previous=study,
+            revision=next_revision,
+            announcement_pending=pending,
+        )
+
+        # The copies of the study's and series' keys below them, rewritten wholesale only when they changed.
+        previous_study_index = None if study is None else study.index
+        await self._store.copy_study_keys(
+            entry,
+            study_index,
+            previous_study_index,
+            whole_study=previous_study_index is not None and previous_study_index != study_index,
+        )
+        await self._store.copy_series_keys(
+            entry,
+            series_index,
+            previous_series_index,
+            whole_series=previous_series_index is not None and previous_series_index != series_index,
+        )
+        if pending:
+            self._on_study_changed()
+
+    async def search(self, query: SearchQuery, base_url: str) -> SearchPage:
+        """QIDO-RS: the page of results ``query`` asks for and the total number of matches."""
+        shape = result_shape(query)
+        total, hits = await self._store.search(query, shape)
+        return SearchPage(total, [result_dataset(shape, hit, base_url) for hit in hits])
+
+    async def metadata(
+        self,
+        base_url: str,
+        study_instance_uid: str,
+        series_instance_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+    ) -> AsyncGenerator[DicomJson]:
+        """WADO-RS metadata (PS3.18 §10.4.1.1.2): the instances' datasets, BulkDataURIs made absolute."""
+        async for dataset in self._store.metadata(study_instance_uid, series_instance_uid, sop_instance_uid):
+            yield resolve_bulk_data(dataset, base_url)
+
+
+class StudyAnnouncer:
+    """Publishes ``study.changed`` for the studies the catalog marked as changed, at least once each.
+
+    The mark is written with the study itself, so a change is announced even if the catalog stops between
+    the two; one announcement covers every change made before it was read (a series of 200 instances makes
+    a handful of announcements, not 200). Announcements carry the study's revision, so a consumer ignores a
+    repeated or stale one.
+    """
+
+    BATCH: Final = 100
+
+    def __init__(self, store: CatalogStore, sink: EventSink, *, debounce_seconds: float) -> None:
+        self._store = store
+        self._sink = sink
+        self._debounce_seconds = debounce_seconds
+        self._changed = asyncio.Event()
+
+    def wake(self) -> None:
+        """Say that a study changed (called by the service after writing the mark)."""
+        self._changed.set()
+
+    async def announce_pending(self) -> int:
+        """Announce up to :attr:`BATCH` marked studies; return how many were announced."""
+        snapshots = await self._store.pending_announcements(self.BATCH)
+        for snapshot in snapshots:
+            event = make_event(study_changed(snapshot, changed_at=datetime.now(UTC)), EVENT_SOURCE)
+            await self._sink.publish(STUDY_CHANGED_TOPIC, event)
+            await self._store.mark_announced(snapshot.study_instance_uid, snapshot.revision)
+        return len(snapshots)
+
+    async def run(self, *, idle_seconds: float = 5.0, retry_seconds: float = 1.0) -> None:
+        """Announce until cancelled: on each change, and every ``idle_seconds`` for marks left by a crash."""
+        while True:
+            self._changed.clear()
+            try:
+                announced = await self.announce_pending()
+            except Exception:
+                logger.exception("announcing study changes failed; retrying in %.1f s", retry_seconds)
+                await asyncio.sleep(retry_seconds)
+                continue
+            if announced == self.BATCH:
+                continue
+            try:
+                await asyncio.wait_for(self._changed.wait(), timeout=idle_seconds)
+            except TimeoutError:
+                continue
+            await asyncio.sleep(self._debounce_seconds)
