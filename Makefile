@@ -12,7 +12,7 @@ UV_VERSION := 0.13.8
 UV := $(CURDIR)/.local/tools/bin/uv
 PY := $(CURDIR)/.venv/bin/python
 
-.PHONY: help run test bootstrap provision lint typecheck unit integration bench clean
+.PHONY: help run test bootstrap provision dicom-tools lint typecheck unit integration bench clean
 
 help:
 	@echo "make run    start Kafka, MongoDB, S3, Keycloak, the five services and demo data (Ctrl-C stops all)"
@@ -28,6 +28,10 @@ bootstrap: $(UV)
 provision: bootstrap
 	$(PY) -m emage_devstack provision
 
+# dcmtk (echoscu, storescu, dcmcjpeg…): the third-party DIMSE SCUs of the integration tests, from Debian.
+dicom-tools:
+	command -v storescu >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends dcmtk; }
+
 run: provision
 	exec $(PY) -m emage_devstack up --profile run
 
@@ -36,15 +40,15 @@ lint: bootstrap
 	$(UV) run --frozen ruff format --check .
 
 typecheck: bootstrap
-	$(UV) run --frozen mypy libs/common/src services/*/src deploy/local/src
+	$(UV) run --frozen mypy libs/common/src services/*/src deploy/local/src tools/cli/src
 
-test: provision lint typecheck
+test: provision dicom-tools lint typecheck
 	$(PY) -m pytest
 
 unit: bootstrap
 	$(PY) -m pytest -m "not integration" --ignore=tests/integration
 
-integration: provision
+integration: provision dicom-tools
 	$(PY) -m pytest tests/integration
 
 clean:

@@ -1,7 +1,8 @@
 """``emage-devstack``: provision and run the native local stack (no Docker).
 
 emage-devstack provision            fetch Kafka, Keycloak (Maven Central), check mongod and weed
-emage-devstack up [--profile run]   start everything, wait for every /readyz, stay in the foreground
+emage-devstack up [--profile run]   start everything, wait for every /readyz, stay in the foreground;
+                                    load the demo studies into an empty archive (unless --no-demo)
 emage-devstack env [--profile run]  print the EMAGE_* variables to run one service by hand
 """
 
@@ -16,6 +17,7 @@ import time
 
 from .dev_users import DEV_USERS
 from .ports import ports_for
+from .process import ManagedProcess
 from .stack import SERVICES, Stack
 
 
@@ -60,8 +62,27 @@ def _stop_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
+def _start_demo(stack: Stack) -> ManagedProcess | None:
+    """Generate (once, cached) and import the demo studies by STOW-RS, if the archive is empty."""
+    from pymongo import MongoClient
+
+    client: MongoClient[dict[str, object]] = MongoClient(stack.mongo.uri, serverSelectionTimeoutMS=5000)
+    try:
+        if client["ingest"]["instances"].find_one({}, {"_id": 1}) is not None:
+            return None
+    finally:
+        client.close()
+    command = [sys.executable, "-m", "emage_cli", "demo", "--url", stack.service_url("ingest")]
+    print("demo studies: the archive is empty, loading them in the background", file=sys.stderr, flush=True)
+    # Its own process group: stopping it by its PID also stops the generator's worker processes.
+    demo = ManagedProcess("demo", command, stack.logs_dir() / "services" / "demo.log")
+    demo.start()
+    return demo
+
+
 def _up(args: argparse.Namespace) -> int:
     started = time.monotonic()
+    demo: ManagedProcess | None = None
     _stop_with_parent()
     stack = Stack(args.profile)
     stop = threading.Event()
@@ -75,8 +96,13 @@ def _up(args: argparse.Namespace) -> int:
         stack.provision()
         stack.start_infrastructure(wipe=args.wipe)
         stack.start_services()
+        demo = None if args.no_demo else _start_demo(stack)
         print(_banner(stack, started), flush=True)
         while not stop.wait(1.0):
+            if demo is not None and not demo.running():
+                verdict = "loaded" if demo.returncode == 0 else f"import ended with status {demo.returncode}"
+                print(f"demo studies: {verdict} (log {demo.log_path})", file=sys.stderr, flush=True)
+                demo = None
             dead = [name for name, proc in stack.services.items() if not proc.running()]
             if dead:
                 print(f"service(s) exited: {', '.join(dead)}; see their logs. Stopping.", file=sys.stderr)
@@ -84,6 +110,8 @@ def _up(args: argparse.Namespace) -> int:
         return 0
     finally:
         print("stopping e-mage…", file=sys.stderr, flush=True)
+        if demo is not None:
+            demo.stop(timeout=10)
         stack.stop()
 
 
@@ -96,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     up = sub.add_parser("up", help="start the stack and the services; Ctrl-C stops all")
     up.add_argument("--profile", type=_profile, default="run", help="run, test or test1..test9")
     up.add_argument("--wipe", action="store_true", help="start from empty data")
+    up.add_argument(
+        "--no-demo", action="store_true", help="do not load the demo studies into an empty archive"
+    )
     env = sub.add_parser("env", help="print the services' environment for this profile")
     env.add_argument("--profile", type=_profile, default="run", help="run, test or test1..test9")
     args = parser.parse_args(argv)

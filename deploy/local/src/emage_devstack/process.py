@@ -43,6 +43,11 @@ class ManagedProcess:
     def running(self) -> bool:
         return self._popen is not None and self._popen.poll() is None
 
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once the process has ended, None while it runs (or before it started)."""
+        return self._popen.poll() if self._popen is not None else None
+
     def start(self) -> None:
         if self.running():
             return
