@@ -5,6 +5,7 @@ references ingest serves.
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 import time
@@ -120,3 +121,26 @@ def test_metadata_bulk_data_references_are_served_by_ingest(services: Stack, gen
     )
     assert bulk.status_code == 200, bulk.text
     assert len(bulk.content) >= ct.Rows * ct.Columns * 2
+
+
+def test_every_exam_kind_is_retrieved_byte_identical(services: Stack, generated: Path) -> None:
+    """CR, CT, MR, US (cine, key image, H.264 clip), MG and PDF reports: WADO-RS returns the bytes sent."""
+    ingest = services.service_url("ingest")
+    accept = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
+    seen: set[str] = set()
+    with httpx.Client(base_url=ingest, timeout=60) as http:
+        for path in sorted(generated.rglob("*.dcm")):
+            dataset = dcmread(path, stop_before_pixels=True)
+            seen.add(dataset.Modality)
+            resource = (
+                f"/studies/{dataset.StudyInstanceUID}/series/{dataset.SeriesInstanceUID}"
+                f"/instances/{dataset.SOPInstanceUID}"
+            )
+            response = http.get(resource, headers=accept)
+            assert response.status_code == 200, (path.name, response.text)
+            boundary = response.headers["content-type"].split("boundary=")[1].split(";")[0].strip('"')
+            part = response.content.split(f"--{boundary}".encode())[1]
+            body = part.split(b"\r\n\r\n", 1)[1].removesuffix(b"\r\n")
+            sent = hashlib.sha256(path.read_bytes()).hexdigest()
+            assert hashlib.sha256(body).hexdigest() == sent, path.name
+    assert {"CR", "CT", "MR", "US", "MG", "DOC"} <= seen

@@ -358,22 +358,16 @@ async def test_with_kafka_down_instances_are_acknowledged_and_announced_once_it_
 
 
 @pytest.mark.parametrize("clients", [1, 4])
-async def test_stow_throughput_of_a_ct_series(http: httpx.AsyncClient, clients: int) -> None:
-    """Measured, not asserted beyond sanity: 100 slices of 0.5 MB, encryption and events on, split over
-    ``clients`` concurrent requests."""
+async def test_concurrent_clients_store_a_ct_series(http: httpx.AsyncClient, clients: int) -> None:
+    """100 slices of 0.5 MB split over ``clients`` concurrent STOW-RS requests, encryption and events on, are
+    all stored (their rate is measured by the benchmarks, not asserted here)."""
     study, slices = series_of(100)
     share = len(slices) // clients
     bodies = [multipart(slices[i * share : (i + 1) * share]) for i in range(clients)]
-    started = time.perf_counter()
     responses = await asyncio.gather(*(post(http, body, f"/studies/{study}") for body in bodies))
-    elapsed = time.perf_counter() - started
     assert [response.status_code for response in responses] == [200] * clients
-    megabytes = sum(len(body) for body in bodies) / 1e6
-    print(
-        f"STOW-RS {clients} client(s), 100 CT slices: {100 / elapsed:.1f} instances/s, "
-        f"{megabytes / elapsed:.1f} MB/s ({elapsed:.2f} s)"
-    )
-    assert elapsed < 120
+    stored = [item for response in responses for item in response.json()["00081199"]["Value"]]
+    assert len(stored) == share * clients
 
 
 def rss_bytes(pid: int) -> int:

