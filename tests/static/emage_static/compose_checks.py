@@ -21,8 +21,10 @@ Compose = dict[str, Any]
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 
-#: Host ports compose may publish: the gateway and the identity provider a browser logs in with.
-ALLOWED_PUBLISHED = {GATEWAY: {8080}, "keycloak": {8180}}
+#: Host ports compose may publish: the gateway and the identity provider a browser logs in with, and the
+#: DIMSE port modalities and PACS send C-STORE to (DICOM has no gateway in front of it).
+DIMSE_PORT = 11112
+ALLOWED_PUBLISHED = {GATEWAY: {8080}, "keycloak": {8180}, "ingest": {DIMSE_PORT}}
 
 #: Marks a credential as a public local-development value (see the header of docker-compose.yml).
 LOCAL_DEV_MARK = "local-dev"
@@ -191,9 +193,11 @@ def emage_service_problems(compose: Compose, spec: ServiceSpec) -> list[str]:
         for host in _hosts_in(env[name] or ""):
             if host not in services:
                 problems.append(f"{where}: {name} points at {host}, which is not a compose service")
+    expected = {spec.http_port} | ({DIMSE_PORT} if spec.name == "ingest" else set())
     for port in service.get("ports") or []:
-        if _parse_port(port)[2] != spec.http_port:
-            problems.append(f"{where}: publishes container port {_parse_port(port)[2]}, not {spec.http_port}")
+        container_port = _parse_port(port)[2]
+        if container_port not in expected:
+            problems.append(f"{where}: publishes container port {container_port}, not one of {expected}")
     return problems
 
 
