@@ -122,12 +122,14 @@ def _rpps_of(principal: Principal) -> str:
 def _grant(
     grantee: Any, *, active: bool = True, until: datetime | None = None, study: str | None = None
 ) -> PatientConsents:
-    grant = ConsentGrant("c1", grantee, study_instance_uid=study, valid_until=until, active=active)
+    grant = ConsentGrant(
+        consent_id="c1", grantee=grantee, study_instance_uid=study, valid_until=until, active=active
+    )
     return PatientConsents(P1, grants=(grant,))
 
 
 def _opposition() -> PatientConsents:
-    return PatientConsents(P1, oppositions=(Opposition("o1"),))
+    return PatientConsents(P1, oppositions=(Opposition(consent_id="o1"),))
 
 
 def _share(principal: Principal, *, revoked: bool = False, expires_at: datetime = NOW + HOUR) -> Share:
@@ -422,7 +424,9 @@ def test_a_consent_for_one_study_does_not_open_another() -> None:
 
 
 def test_a_consent_not_yet_valid_does_not_open() -> None:
-    grant = ConsentGrant("c1", ProfessionalGrantee(rpps="10100000057"), valid_from=NOW + HOUR)
+    grant = ConsentGrant(
+        consent_id="c1", grantee=ProfessionalGrantee(rpps="10100000057"), valid_from=NOW + HOUR
+    )
     consent = InMemoryConsentView([PatientConsents(P1, grants=(grant,))])
 
     assert _decide("radiologist-b", RETRIEVE, consent=consent) == Decision(False, "consent_not_yet_valid")
@@ -437,7 +441,9 @@ def test_a_consent_lapses_by_itself_at_its_end() -> None:
 
 
 def test_an_opposition_to_one_study_leaves_the_others() -> None:
-    consent = InMemoryConsentView([PatientConsents(P1, oppositions=(Opposition("o1", STUDY_UID),))])
+    consent = InMemoryConsentView(
+        [PatientConsents(P1, oppositions=(Opposition(consent_id="o1", study_instance_uid=STUDY_UID),))]
+    )
     other = replace(STUDY, study_instance_uid=OTHER_STUDY_UID)
 
     assert not _decide("nurse-a", RETRIEVE, consent=consent).allowed
@@ -445,7 +451,9 @@ def test_an_opposition_to_one_study_leaves_the_others() -> None:
 
 
 def test_a_lifted_opposition_no_longer_blocks() -> None:
-    consent = InMemoryConsentView([PatientConsents(P1, oppositions=(Opposition("o1", active=False),))])
+    consent = InMemoryConsentView(
+        [PatientConsents(P1, oppositions=(Opposition(consent_id="o1", active=False),))]
+    )
 
     assert _decide("nurse-a", RETRIEVE, consent=consent).allowed
 
@@ -740,8 +748,8 @@ def worlds(draw: st.DrawFn) -> GeneratedWorld:
             (
                 study.patient_key,
                 ConsentGrant(
-                    f"c{n}",
-                    grantee,
+                    consent_id=f"c{n}",
+                    grantee=grantee,
                     study_instance_uid=scope,
                     valid_from=_at(draw(st.sampled_from(OFFSETS))),
                     valid_until=_at(draw(st.sampled_from(OFFSETS))),
@@ -755,7 +763,7 @@ def worlds(draw: st.DrawFn) -> GeneratedWorld:
             (
                 study.patient_key,
                 Opposition(
-                    f"o{n}",
+                    consent_id=f"o{n}",
                     study_instance_uid=draw(st.sampled_from([None, study.study_instance_uid])),
                     valid_until=_at(draw(st.sampled_from(OFFSETS))),
                     active=draw(st.booleans()),

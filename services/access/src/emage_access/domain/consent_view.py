@@ -44,26 +44,32 @@ def _expired(now: datetime, valid_until: datetime | None) -> bool:
     return valid_until is not None and now >= valid_until
 
 
-@dataclass(frozen=True, slots=True)
-class ConsentGrant:
-    """A patient's permission (FHIR Consent ``permit``) for one grantee, on one study or all of them."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Provision:
+    """What a permit and a deny (FHIR Consent ``provision.type``) share: a scope and a validity."""
 
     consent_id: str
-    grantee: ConsentGrantee
     study_instance_uid: str | None = None
     """The one study concerned, or None for every study of the patient."""
     valid_from: datetime | None = None
     valid_until: datetime | None = None
     active: bool = True
-    """False once revoked (FHIR ``inactive``)."""
+    """False once revoked or lifted (FHIR ``inactive``)."""
 
     def covers(self, study_instance_uid: str) -> bool:
-        """Whether the grant is about ``study_instance_uid`` (its study, or every study of the patient)."""
+        """Whether it is about ``study_instance_uid`` (that study, or every study of the patient)."""
         return self.study_instance_uid is None or self.study_instance_uid == study_instance_uid
 
     def in_force(self, now: datetime) -> bool:
         """Active and within its validity period at ``now``."""
         return self.active and _within(now, self.valid_from, self.valid_until)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConsentGrant(_Provision):
+    """A patient's permission (FHIR Consent ``permit``) for one grantee, on one study or all of them."""
+
+    grantee: ConsentGrantee
 
     def expired(self, now: datetime) -> bool:
         """Its validity period ended at or before ``now``."""
@@ -83,25 +89,9 @@ class ConsentGrant:
         return isinstance(self.grantee, ShareGrantee) and self.grantee.share_id == share_id
 
 
-@dataclass(frozen=True, slots=True)
-class Opposition:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Opposition(_Provision):
     """A patient's objection (FHIR Consent ``deny``) to access to one study or all their studies."""
-
-    consent_id: str
-    study_instance_uid: str | None = None
-    """The one study concerned, or None for every study of the patient."""
-    valid_from: datetime | None = None
-    valid_until: datetime | None = None
-    active: bool = True
-    """False once the patient lifted it."""
-
-    def covers(self, study_instance_uid: str) -> bool:
-        """Whether the opposition is about ``study_instance_uid``."""
-        return self.study_instance_uid is None or self.study_instance_uid == study_instance_uid
-
-    def in_force(self, now: datetime) -> bool:
-        """Active and within its validity period at ``now``."""
-        return self.active and _within(now, self.valid_from, self.valid_until)
 
 
 @dataclass(frozen=True, slots=True)
