@@ -12,7 +12,7 @@ from PIL import Image
 from pydicom.pixels.encoders.base import get_encoder
 from pydicom.uid import RLELossless
 
-from emage_ingest.domain.model import ArchivedInstance, FrameLocation
+from emage_ingest.domain.model import ArchivedInstance, FrameLocation, PixelAttributes
 from emage_ingest.domain.rendering import (
     RenderingParameterError,
     RenderingParameters,
@@ -39,8 +39,27 @@ EXPLICIT_LE = "1.2.840.10008.1.2.1"
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 
 
+_PIXELS = PixelAttributes(
+    rows=4,
+    columns=4,
+    samples_per_pixel=1,
+    photometric_interpretation="MONOCHROME2",
+    planar_configuration=None,
+    bits_allocated=16,
+    bits_stored=16,
+    high_bit=None,
+    pixel_representation=1,
+    rescale_slope=None,
+    rescale_intercept=None,
+    window_center=None,
+    window_width=None,
+)
+
+
 def _instance(**pixel: object) -> ArchivedInstance:
-    base = ArchivedInstance(
+    """A CT instance whose pixel description is :data:`_PIXELS` with ``pixel`` changes (rows=None: none)."""
+    pixels = None if pixel.get("rows", 4) is None else dataclasses.replace(_PIXELS, **pixel)  # type: ignore[arg-type]
+    return ArchivedInstance(
         study_instance_uid="1.2.3",
         series_instance_uid="1.2.3.4",
         sop_instance_uid="1.2.3.4.5",
@@ -55,15 +74,8 @@ def _instance(**pixel: object) -> ArchivedInstance:
         instance_number=1,
         number_of_frames=1,
         frames=(FrameLocation(0, 0),),
-        rows=4,
-        columns=4,
-        samples_per_pixel=1,
-        photometric_interpretation="MONOCHROME2",
-        bits_allocated=16,
-        bits_stored=16,
-        pixel_representation=1,
+        pixels=pixels,
     )
-    return dataclasses.replace(base, **pixel)  # type: ignore[arg-type]
 
 
 def _values(*values: float) -> np.ndarray:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import os
 import tempfile
@@ -140,7 +139,7 @@ class Archive:
             instance_number=header.instance_number,
             number_of_frames=header.number_of_frames,
             frames=header.frames,
-            **({} if pixels is None else dataclasses.asdict(pixels)),
+            pixels=pixels,
         )
         self.index.records[record.sop_instance_uid] = record
         self.archive.objects[key] = part10

@@ -564,7 +564,7 @@ def _renderable(record: ArchivedInstance) -> bool:
     return (
         record.number_of_frames > 0
         and bool(record.frames)
-        and record.rows is not None
+        and record.pixels is not None
         and can_decode(record.transfer_syntax_uid)
     )
 
@@ -645,13 +645,13 @@ def _representative(records: Sequence[ArchivedInstance]) -> ArchivedInstance:
 async def _thumbnail(
     request: Request, components: IngestComponents, record: ArchivedInstance, number: int | None = None
 ) -> Response:
-    if not _renderable(record):
+    if not _renderable(record) or record.pixels is None:
         raise HTTPException(404, "the instance has no image to make a thumbnail of")
     parameters = _parameters(request)
     if parameters.viewport is None:
         parameters = RenderingParameters(
             window=parameters.window,
-            viewport=thumbnail_viewport(record.rows or 1, record.columns or 1),
+            viewport=thumbnail_viewport(record.pixels.rows, record.pixels.columns),
             quality=parameters.quality,
         )
     try:

@@ -338,7 +338,6 @@ class IngestService:
         )
         object_key = canonical if existing is None else replacement_object_key(canonical, inspected.sha256)
         stored_at = datetime.now(UTC)
-        pixels = header.pixels
         instance = ArchivedInstance(
             study_instance_uid=header.study_instance_uid,
             series_instance_uid=header.series_instance_uid,
@@ -354,19 +353,7 @@ class IngestService:
             instance_number=header.instance_number,
             number_of_frames=header.number_of_frames,
             frames=header.frames,
-            rows=pixels.rows if pixels else None,
-            columns=pixels.columns if pixels else None,
-            samples_per_pixel=pixels.samples_per_pixel if pixels else None,
-            photometric_interpretation=pixels.photometric_interpretation if pixels else None,
-            planar_configuration=pixels.planar_configuration if pixels else None,
-            bits_allocated=pixels.bits_allocated if pixels else None,
-            bits_stored=pixels.bits_stored if pixels else None,
-            high_bit=pixels.high_bit if pixels else None,
-            pixel_representation=pixels.pixel_representation if pixels else None,
-            rescale_slope=pixels.rescale_slope if pixels else None,
-            rescale_intercept=pixels.rescale_intercept if pixels else None,
-            window_center=pixels.window_center if pixels else None,
-            window_width=pixels.window_width if pixels else None,
+            pixels=header.pixels,
         )
         try:
             patient = PatientIdentity(

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import builtins
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -24,7 +25,7 @@ from pymongo.errors import DuplicateKeyError
 
 from emage_common.events import CloudEvent
 from emage_common.mongo import in_transaction
-from emage_ingest.domain.model import ArchivedInstance, ByteRange, FrameLocation
+from emage_ingest.domain.model import ArchivedInstance, ByteRange, FrameLocation, PixelAttributes
 
 INSTANCES: Final = "instances"
 OUTBOX: Final = "outbox"
@@ -37,22 +38,6 @@ _PUBLISHED: Final = "published"
 _PUBLISHED_RETENTION_S: Final = 7 * 24 * 3600
 # Bounds one transaction, retries included, well below PyMongo's 120 s default.
 _TRANSACTION_TIMEOUT_S: Final = 20
-
-_PIXEL_FIELDS: Final = (
-    "rows",
-    "columns",
-    "samples_per_pixel",
-    "photometric_interpretation",
-    "planar_configuration",
-    "bits_allocated",
-    "bits_stored",
-    "high_bit",
-    "pixel_representation",
-    "rescale_slope",
-    "rescale_intercept",
-    "window_center",
-    "window_width",
-)
 
 
 class ConcurrentStoreError(RuntimeError):
@@ -87,13 +72,13 @@ def instance_to_document(instance: ArchivedInstance) -> dict[str, Any]:
         "instance_number": instance.instance_number,
         "number_of_frames": instance.number_of_frames,
         "frames": [_frame_to_document(frame) for frame in instance.frames],
-        "pixel": {name: getattr(instance, name) for name in _PIXEL_FIELDS},
+        "pixel": dataclasses.asdict(instance.pixels) if instance.pixels is not None else None,
     }
 
 
 def instance_from_document(document: Mapping[str, Any]) -> ArchivedInstance:
     """The :class:`ArchivedInstance` an ``instances`` document records."""
-    pixel = document.get("pixel") or {}
+    pixel = document.get("pixel")
     stored_at: datetime = document["stored_at"]
     return ArchivedInstance(
         study_instance_uid=document["study_instance_uid"],
@@ -110,7 +95,7 @@ def instance_from_document(document: Mapping[str, Any]) -> ArchivedInstance:
         instance_number=document.get("instance_number"),
         number_of_frames=int(document["number_of_frames"]),
         frames=tuple(_frame_from_document(frame) for frame in document["frames"]),
-        **{name: pixel.get(name) for name in _PIXEL_FIELDS},
+        pixels=PixelAttributes(**pixel) if pixel else None,
     )
 
 

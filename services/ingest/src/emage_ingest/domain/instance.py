@@ -32,7 +32,7 @@ from pydicom.filereader import read_dataset, read_preamble
 from pydicom.tag import BaseTag
 
 from emage_common.events import Ins, uid_defect
-from emage_ingest.domain.model import FrameLocation
+from emage_ingest.domain.model import FrameLocation, PixelAttributes
 from emage_ingest.domain.pixel_data import (
     encapsulated_frames,
     native_frames,
@@ -59,25 +59,6 @@ _EXTENDED_OFFSET_TABLE_TAG: Final = 0x7FE00001
 _INS_OIDS: Final = frozenset(
     {"1.2.250.1.213.1.4.8", "1.2.250.1.213.1.4.9", "1.2.250.1.213.1.4.10", "1.2.250.1.213.1.4.11"}
 )
-
-
-@dataclass(frozen=True, slots=True)
-class PixelAttributes:
-    """The attributes a renderer needs (PS3.3 §C.7.6.3 Image Pixel, §C.11.1 Modality LUT, §C.11.2 VOI LUT)."""
-
-    rows: int
-    columns: int
-    samples_per_pixel: int
-    photometric_interpretation: str
-    planar_configuration: int | None
-    bits_allocated: int
-    bits_stored: int | None
-    high_bit: int | None
-    pixel_representation: int | None
-    rescale_slope: float | None
-    rescale_intercept: float | None
-    window_center: float | None
-    window_width: float | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,13 +54,32 @@ class FrameLocation:
 
 
 @dataclass(frozen=True, slots=True)
+class PixelAttributes:
+    """The attributes a renderer needs (PS3.3 §C.7.6.3 Image Pixel, §C.11.1 Modality LUT, §C.11.2 VOI LUT)."""
+
+    rows: int
+    columns: int
+    samples_per_pixel: int
+    photometric_interpretation: str
+    planar_configuration: int | None
+    bits_allocated: int
+    bits_stored: int | None
+    high_bit: int | None
+    pixel_representation: int | None
+    rescale_slope: float | None
+    rescale_intercept: float | None
+    window_center: float | None
+    """The first Window Center (0028,1050): PS3.3 §C.11.2.1.2 makes the first pair the default."""
+    window_width: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class ArchivedInstance:
     """One SOP instance in the archive, as ingest's ``instances`` collection records it.
 
     Pixel attributes are those of the Image Pixel Module (PS3.3 §C.7.6.3) and of the Modality and VOI LUT
     modules (PS3.3 §C.11.1, §C.11.2), taken from the top-level dataset or, for enhanced multi-frame objects,
-    from the Shared (else first Per-Frame) Functional Groups (PS3.3 §C.7.6.16). They are ``None`` for
-    instances without pixel data (encapsulated PDF, structured reports).
+    from the Shared (else first Per-Frame) Functional Groups (PS3.3 §C.7.6.16).
     """
 
     study_instance_uid: str
@@ -82,17 +101,5 @@ class ArchivedInstance:
     frames: tuple[FrameLocation, ...]
     """One location per frame, in frame order. For video transfer syntaxes (PS3.5 §8.2.5-8.2.8) a single
     location: the whole bitstream."""
-    rows: int | None = None
-    columns: int | None = None
-    samples_per_pixel: int | None = None
-    photometric_interpretation: str | None = None
-    planar_configuration: int | None = None
-    bits_allocated: int | None = None
-    bits_stored: int | None = None
-    high_bit: int | None = None
-    pixel_representation: int | None = None
-    rescale_slope: float | None = None
-    rescale_intercept: float | None = None
-    window_center: float | None = None
-    """The first Window Center (0028,1050): PS3.3 §C.11.2.1.2 makes the first pair the default."""
-    window_width: float | None = None
+    pixels: PixelAttributes | None = None
+    """None for instances without pixel data (encapsulated PDF, structured reports)."""

@@ -181,7 +181,8 @@ def decode_frame(frame: bytes, instance: ArchivedInstance, transfer_syntax: str)
     ``frame`` is the frame as stored: native bytes in ``transfer_syntax`` byte order, or the compressed
     bit stream of an encapsulated frame (PS3.5 §A.4). YBR color is converted to RGB (PS3.3 §C.7.6.3.1.2).
     """
-    if instance.rows is None or instance.columns is None or instance.bits_allocated is None:
+    description = instance.pixels
+    if description is None:
         raise UndecodableFrameError("the instance has no image pixel description")
     if not can_decode(transfer_syntax):
         raise UndecodableFrameError(f"no decoder here for transfer syntax {transfer_syntax}")
@@ -191,14 +192,14 @@ def decode_frame(frame: bytes, instance: ArchivedInstance, transfer_syntax: str)
     source = frame if native else encapsulate([frame])
     # pydicom annotates the options as ``**kwargs: DecodeOptions`` rather than ``Unpack[...]``.
     options: dict[str, Any] = {
-        "rows": instance.rows,
-        "columns": instance.columns,
-        "samples_per_pixel": instance.samples_per_pixel or 1,
-        "bits_allocated": instance.bits_allocated,
-        "bits_stored": instance.bits_stored or instance.bits_allocated,
-        "pixel_representation": instance.pixel_representation or 0,
-        "photometric_interpretation": instance.photometric_interpretation or "MONOCHROME2",
-        "planar_configuration": instance.planar_configuration or 0,
+        "rows": description.rows,
+        "columns": description.columns,
+        "samples_per_pixel": description.samples_per_pixel,
+        "bits_allocated": description.bits_allocated,
+        "bits_stored": description.bits_stored or description.bits_allocated,
+        "pixel_representation": description.pixel_representation or 0,
+        "photometric_interpretation": description.photometric_interpretation,
+        "planar_configuration": description.planar_configuration or 0,
         "number_of_frames": 1,
         "pixel_keyword": "PixelData",
     }
@@ -218,8 +219,11 @@ def frame_as_native_octets(frame: bytes, instance: ArchivedInstance, transfer_sy
 
 def decompressed_size(instance: ArchivedInstance) -> int:
     """Bytes of the instance's pixel data once uncompressed: what a decompression must hold in memory."""
-    samples = (instance.rows or 0) * (instance.columns or 0) * (instance.samples_per_pixel or 1)
-    return samples * max((instance.bits_allocated or 8) // 8, 1) * max(instance.number_of_frames, 1)
+    description = instance.pixels
+    if description is None:
+        return 0
+    samples = description.rows * description.columns * description.samples_per_pixel
+    return samples * max(description.bits_allocated // 8, 1) * max(instance.number_of_frames, 1)
 
 
 def transcode_to_explicit_vr_little_endian(source: IO[bytes]) -> bytes:
@@ -303,16 +307,19 @@ def render_pixels(pixels: Pixels, instance: ArchivedInstance, window: Window | N
     MONOCHROME1 inversion. Color: scaled from Bits Stored to 8 bits; windows do not apply (PS3.18
     §8.3.5.1.2 applies the window to grayscale only).
     """
-    photometric = (instance.photometric_interpretation or "MONOCHROME2").upper()
+    description = instance.pixels
+    if description is None:
+        raise UndecodableFrameError("the instance has no image pixel description")
+    photometric = description.photometric_interpretation.upper()
     if pixels.ndim == 3:
         if pixels.dtype == np.uint8:
             return cast("Rendered", pixels)
-        bits = instance.bits_stored or instance.bits_allocated or 8
+        bits = description.bits_stored or description.bits_allocated
         scaled: npt.NDArray[np.float32] = pixels.astype(np.float32) * np.float32(255 / ((1 << bits) - 1))
         return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
-    values = modality_values(pixels, instance.rescale_slope, instance.rescale_intercept)
-    if window is None and instance.window_center is not None and instance.window_width:
-        window = Window(instance.window_center, max(instance.window_width, 1.0))
+    values = modality_values(pixels, description.rescale_slope, description.rescale_intercept)
+    if window is None and description.window_center is not None and description.window_width:
+        window = Window(description.window_center, max(description.window_width, 1.0))
     rendered = apply_window(values, window or full_range_window(values))
     if photometric == "MONOCHROME1":
         rendered = np.subtract(255, rendered, dtype=np.uint8)
