@@ -263,13 +263,9 @@ MATRIX_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("row", "action"), MATRIX_CASES)
-def test_matrix(row: Row, action: Action) -> None:
-    principal = PERSONAS[row.persona]
-    world = SITUATIONS[row.situation](principal)
-    expected_basis = next((basis for basis, actions in row.allowed.items() if action in actions), None)
-
-    decision = decide(
+def _decide_in(principal: Principal, world: World, action: Action) -> Decision:
+    """``principal``'s decision on :data:`STUDY` in ``world`` (its consents, shares, break-glass grants)."""
+    return decide(
         principal,
         action,
         STUDY,
@@ -278,6 +274,15 @@ def test_matrix(row: Row, action: Action) -> None:
         break_glass=world.break_glass,
         now=NOW,
     )
+
+
+@pytest.mark.parametrize(("row", "action"), MATRIX_CASES)
+def test_matrix(row: Row, action: Action) -> None:
+    principal = PERSONAS[row.persona]
+    world = SITUATIONS[row.situation](principal)
+    expected_basis = next((basis for basis, actions in row.allowed.items() if action in actions), None)
+
+    decision = _decide_in(principal, world, action)
 
     assert (decision.allowed, decision.basis) == (expected_basis is not None, expected_basis), decision.reason
 
@@ -317,15 +322,7 @@ def test_denial_reason(persona: str, situation: str, action: Action, reason: str
     principal = PERSONAS[persona]
     world = SITUATIONS[situation](principal)
 
-    decision = decide(
-        principal,
-        action,
-        STUDY,
-        consent=world.consent,
-        shares=world.shares,
-        break_glass=world.break_glass,
-        now=NOW,
-    )
+    decision = _decide_in(principal, world, action)
 
     assert decision == Decision(allowed=False, reason=reason)
 
@@ -349,15 +346,7 @@ def test_allow_reason(persona: str, situation: str, action: Action, reason: str)
     principal = PERSONAS[persona]
     world = SITUATIONS[situation](principal)
 
-    decision = decide(
-        principal,
-        action,
-        STUDY,
-        consent=world.consent,
-        shares=world.shares,
-        break_glass=world.break_glass,
-        now=NOW,
-    )
+    decision = _decide_in(principal, world, action)
 
     assert decision.allowed
     assert decision.reason == reason
