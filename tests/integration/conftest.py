@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from pymongo import MongoClient
+from pymongo.collection import Collection
 
 from emage_devstack.s3 import ARCHIVE_BUCKET
 from emage_devstack.stack import Stack
@@ -37,6 +40,16 @@ def services(stack: Stack) -> Stack:
     if missing:
         stack.start_services(missing)
     return stack
+
+
+@pytest.fixture(scope="session")
+def instances_index(services: Stack) -> Iterator[Collection[dict[str, Any]]]:
+    """Ingest's index of archived instances, read directly to check what a test stored."""
+    client: MongoClient[dict[str, Any]] = MongoClient(services.mongo.uri)
+    try:
+        yield client["ingest"]["instances"]
+    finally:
+        client.close()
 
 
 @pytest.fixture(scope="session")

@@ -12,14 +12,12 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pydicom
 import pytest
 from pydicom.uid import generate_uid
-from pymongo import MongoClient
 
 from emage_cli.importer.outcomes import FileResult, Outcome
 from emage_cli.importer.run import ImportOptions, import_folder
@@ -52,15 +50,6 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
     (root / "nested" / "not-really.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"garbage" * 10)
     return root
-
-
-@pytest.fixture(scope="module")
-def instances_index(services: Stack) -> Iterator[Any]:
-    client: MongoClient[dict[str, Any]] = MongoClient(services.mongo.uri)
-    try:
-        yield client["ingest"]["instances"]
-    finally:
-        client.close()
 
 
 def _valid_instances(folder: Path) -> dict[str, Path]:

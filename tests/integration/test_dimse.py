@@ -14,7 +14,6 @@ import io
 import shutil
 import struct
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,6 @@ import httpx
 import numpy as np
 import pydicom
 import pytest
-from pymongo import MongoClient
 
 from emage_cli.synthetic.generator import GenerationRequest, generate
 from emage_devstack.stack import Stack
@@ -46,15 +44,6 @@ def exams(tmp_path_factory: pytest.TempPathFactory) -> Path:
         root, GenerationRequest(kinds=("cr", "ct", "us", "mg"), patients=1, slices=24, frames=12, seed=4104)
     )
     return root / "IPP-A-000001"
-
-
-@pytest.fixture(scope="module")
-def instances_index(services: Stack) -> Iterator[Any]:
-    client: MongoClient[dict[str, Any]] = MongoClient(services.mongo.uri)
-    try:
-        yield client["ingest"]["instances"]
-    finally:
-        client.close()
 
 
 def _series(exams: Path, modality: str, series: str) -> Path:
