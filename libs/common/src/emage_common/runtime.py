@@ -8,7 +8,7 @@ the same thing everywhere: each dependency the service itself uses answers.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, FastAPI
@@ -113,18 +113,40 @@ class ServiceRuntime:
         return checks
 
 
+ServiceLifespan = Callable[[FastAPI, "ServiceRuntime"], AbstractAsyncContextManager[None]]
+"""What a service runs for its life once its connections are open (consumers, relays, DIMSE listeners)."""
+
+
 def build_service_app(
-    settings: ServiceSettings, *, version: str, routers: Iterable[APIRouter] = ()
+    settings: ServiceSettings,
+    *,
+    version: str,
+    routers: Iterable[APIRouter] = (),
+    service_lifespan: ServiceLifespan | None = None,
 ) -> FastAPI:
-    """A service's app with its :class:`ServiceRuntime` opened in the lifespan (``app.state.runtime``)."""
+    """A service's app with its :class:`ServiceRuntime` opened in the lifespan (``app.state.runtime``).
+
+    ``service_lifespan`` runs inside the runtime's: it starts after MongoDB, Kafka and S3 are open and stops
+    before they close.
+    """
     runtime = ServiceRuntime(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with runtime.lifespan(app):
+            if service_lifespan is None:
+                yield
+            else:
+                async with service_lifespan(app, runtime):
+                    yield
+
     app = create_service_app(
         settings,
         title=f"e-mage {settings.service_name}",
         version=version,
         readiness=runtime.readiness(),
         routers=routers,
-        lifespan=runtime.lifespan,
+        lifespan=lifespan,
     )
     app.state.runtime = runtime
     return app

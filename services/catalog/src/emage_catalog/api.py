@@ -14,6 +14,6 @@ from emage_common.runtime import build_service_app
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The catalog app: QIDO-RS and WADO-RS metadata, fed by the ``instance.stored`` consumer."""
     settings = settings or Settings()
-    app = build_service_app(settings, version=__version__, routers=[router])
-    app.router.lifespan_context = catalog_lifespan(settings, app.state.runtime, app.router.lifespan_context)
-    return app
+    return build_service_app(
+        settings, version=__version__, routers=[router], service_lifespan=catalog_lifespan(settings)
+    )

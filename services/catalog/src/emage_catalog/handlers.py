@@ -13,14 +13,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from starlette.types import Lifespan
 
 from emage_catalog.adapters.mongo import MongoCatalogStore
 from emage_catalog.service import CatalogService, StudyAnnouncer
 from emage_catalog.settings import Settings
 from emage_common.events import INSTANCE_STORED_TOPIC, CloudEvent, InstanceStored
 from emage_common.kafka import ConsumerRecordMeta, ConsumerRunner, EventHandler
-from emage_common.runtime import ServiceRuntime
+from emage_common.runtime import ServiceLifespan, ServiceRuntime
 
 
 def instance_stored_handler(service: CatalogService) -> EventHandler:
@@ -36,44 +35,39 @@ def instance_stored_handler(service: CatalogService) -> EventHandler:
     return on_instance_stored
 
 
-def catalog_lifespan(
-    settings: Settings,
-    runtime: ServiceRuntime,
-    runtime_lifespan: Lifespan[FastAPI],
-) -> Lifespan[FastAPI]:
-    """The runtime's lifespan, extended with the catalog service, its consumer and its announcer.
+def catalog_lifespan(settings: Settings) -> ServiceLifespan:
+    """The catalog service, its consumer and its announcer, inside the runtime's lifespan.
 
     The service is published as ``app.state.catalog`` for the HTTP routes.
     """
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with runtime_lifespan(app):
-            store = MongoCatalogStore(runtime.database)
-            await store.ensure_indexes()
-            announcer = StudyAnnouncer(
-                store, runtime.publisher, debounce_seconds=settings.study_changed_debounce_seconds
-            )
-            service = CatalogService(store, on_study_changed=announcer.wake)
-            app.state.catalog = service
-            consumer = ConsumerRunner.from_settings(
-                settings,
-                topics=[INSTANCE_STORED_TOPIC],
-                group_id=settings.consumer_group,
-                handler=instance_stored_handler(service),
-                dlq_publisher=runtime.publisher,
-            )
-            await consumer.start()
-            runtime.watch_consumer(consumer)
-            announcing = asyncio.create_task(announcer.run(), name="study-changed-announcer")
+    async def lifespan(app: FastAPI, runtime: ServiceRuntime) -> AsyncIterator[None]:
+        store = MongoCatalogStore(runtime.database)
+        await store.ensure_indexes()
+        announcer = StudyAnnouncer(
+            store, runtime.publisher, debounce_seconds=settings.study_changed_debounce_seconds
+        )
+        service = CatalogService(store, on_study_changed=announcer.wake)
+        app.state.catalog = service
+        consumer = ConsumerRunner.from_settings(
+            settings,
+            topics=[INSTANCE_STORED_TOPIC],
+            group_id=settings.consumer_group,
+            handler=instance_stored_handler(service),
+            dlq_publisher=runtime.publisher,
+        )
+        await consumer.start()
+        runtime.watch_consumer(consumer)
+        announcing = asyncio.create_task(announcer.run(), name="study-changed-announcer")
+        try:
+            yield
+        finally:
             try:
-                yield
+                await consumer.stop()
             finally:
-                try:
-                    await consumer.stop()
-                finally:
-                    announcing.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await announcing
+                announcing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await announcing
 
     return lifespan

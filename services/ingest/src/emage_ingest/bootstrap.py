@@ -9,14 +9,14 @@ from __future__ import annotations
 import base64
 import os
 import socket
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
 from fastapi import FastAPI, Request
 
-from emage_common.runtime import ServiceRuntime
+from emage_common.runtime import ServiceLifespan, ServiceRuntime
 from emage_ingest.adapters.archive import InstanceArchive
 from emage_ingest.adapters.crypto import KeyEncryptionKey, KeyRing, StudyKeyStore
 from emage_ingest.adapters.repository import STUDY_KEYS, InstanceIndex, Outbox
@@ -89,25 +89,22 @@ async def open_components(settings: Settings, runtime: ServiceRuntime) -> Ingest
     return IngestComponents(settings, index, archive, service, relay)
 
 
-def ingest_lifespan(
-    settings: Settings, runtime: ServiceRuntime
-) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
-    """The runtime's lifespan, plus the ingest components and the outbox relay running inside it."""
+def ingest_lifespan(settings: Settings) -> ServiceLifespan:
+    """The ingest components, the outbox relay and the DIMSE listener, inside the runtime's lifespan."""
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with runtime.lifespan(app):
-            components = await open_components(settings, runtime)
-            app.state.ingest = components
-            components.relay.start()
-            dimse = start_dimse_scp(components.service, settings) if settings.dimse_enabled else None
-            try:
-                yield
-            finally:
-                if dimse is not None:
-                    await dimse.stop()
-                await components.service.settle_pending()
-                await components.relay.stop()
+    async def lifespan(app: FastAPI, runtime: ServiceRuntime) -> AsyncIterator[None]:
+        components = await open_components(settings, runtime)
+        app.state.ingest = components
+        components.relay.start()
+        dimse = start_dimse_scp(components.service, settings) if settings.dimse_enabled else None
+        try:
+            yield
+        finally:
+            if dimse is not None:
+                await dimse.stop()
+            await components.service.settle_pending()
+            await components.relay.stop()
 
     return lifespan
 
