@@ -93,7 +93,7 @@ def access_decided_payload(**overrides: Any) -> dict[str, Any]:
             "rpps": "10101010101",
             "facility_finess": "750712184",
         },
-        "action": "read",
+        "action": "retrieve",
         "study_instance_uid": STUDY_UID,
         "patient_key": "ins:1.2.250.1.213.1.4.10:279035121518989",
         "decision": "allow",
@@ -429,6 +429,24 @@ def test_share_needs_a_study_and_a_recipient() -> None:
     assert ShareChanged.model_validate(share).study_instance_uids == (STUDY_UID,)
     with pytest.raises(ValidationError):
         ShareChanged.model_validate(share | {"study_instance_uids": []})
+    with pytest.raises(ValidationError):
+        ShareChanged.model_validate(share | {"all_studies": True})
+    whole_record = ShareChanged.model_validate(share | {"study_instance_uids": [], "all_studies": True})
+    assert whole_record.all_studies
+
+
+def test_an_opposition_may_name_no_grantee_but_a_permit_must() -> None:
+    opposition: dict[str, Any] = {
+        "consent_id": "c-2",
+        "revision": 1,
+        "patient_key": "pid:750712184:IPP-0042",
+        "status": "active",
+        "provision": "deny",
+        "changed_at": "2026-03-02T08:00:00Z",
+    }
+    assert ConsentChanged.model_validate(opposition).grantee is None
+    with pytest.raises(ValidationError):
+        ConsentChanged.model_validate(opposition | {"provision": "permit"})
 
 
 def test_acquisition_sources_and_partition_key() -> None:

@@ -127,6 +127,11 @@ class Stack:
         env["EMAGE_INGEST_ARCHIVE_KEK"] = DEV_ONLY_ARCHIVE_KEK
         env["EMAGE_INGEST_ARCHIVE_KEK_ID"] = "dev-only-kek"
         env["EMAGE_ACCESS_OIDC_ISSUER"] = self.keycloak.issuer
+        env["EMAGE_ACCESS_CATALOG_URL"] = self.service_url("catalog")
+        env["EMAGE_ACCESS_INGEST_URL"] = self.service_url("ingest")
+        env["EMAGE_ACCESS_CONSENT_URL"] = self.service_url("consent")
+        env["EMAGE_ACCESS_AUDIT_URL"] = self.service_url("audit")
+        env["EMAGE_CONSENT_CATALOG_URL"] = self.service_url("catalog")
         return env
 
     def start_services(self, names: tuple[str, ...] = SERVICES, timeout: float = 60) -> None:

@@ -37,6 +37,7 @@ from pydantic import (
     JsonValue,
     PlainSerializer,
     SkipValidation,
+    StrictBool,
     StrictInt,
     StrictStr,
     ValidationError,
@@ -225,7 +226,7 @@ Identifier = Annotated[Text, Field(min_length=1, max_length=128)]
 PrincipalSubject = Annotated[Text, Field(min_length=1, max_length=255)]
 """The OIDC ``sub`` of an authenticated user (OpenID Connect Core §2)."""
 
-PatientKey = Annotated[Text, Field(min_length=1, max_length=256)]
+PatientKey = Annotated[Text, Field(min_length=1, max_length=512)]
 """The platform-wide key of a patient, as :attr:`PatientIdentity.patient_key` computes it."""
 
 _OBJECT_KEY_FORBIDDEN_SEGMENTS = frozenset({"", ".", ".."})
@@ -522,8 +523,9 @@ class ConsentChanged(EventData):
     """FHIR Consent.status: ``inactive`` once revoked or expired."""
     provision: Literal["permit", "deny"]
     """FHIR Consent.decision: ``permit`` grants access, ``deny`` opposes it."""
-    grantee: ConsentGrantee
-    """FHIR Consent.provision.actor: who the consent or opposition is about."""
+    grantee: ConsentGrantee | None = None
+    """FHIR Consent.provision.actor: who a grant is for. An opposition (``deny``) may name none: it is then
+    against sharing altogether."""
     study_instance_uid: DicomUid | None = None
     """The one study concerned, or ``None`` for every study of the patient."""
     valid_from: UtcTimestamp | None = None
@@ -535,6 +537,8 @@ class ConsentChanged(EventData):
         start, end = self.valid_from, self.valid_until
         if start is not None and end is not None and end <= start:
             raise ValueError("valid_until must be after valid_from")
+        if self.provision == "permit" and self.grantee is None:
+            raise ValueError("a permit names its grantee")
         return self
 
     def partition_key(self) -> str:
@@ -557,7 +561,12 @@ class LinkRecipient(_Frozen):
 
 
 class ShareChanged(EventData):
-    """A share of studies was created, revoked or expired."""
+    """A share of studies was created, revoked or expired.
+
+    It covers the listed studies, or with ``all_studies`` every study of the patient (a patient's share of
+    their whole record). A share made by a professional names their facility in ``shared_by_facility``: it can
+    only ever cover that facility's studies.
+    """
 
     event_type: ClassVar[str] = "fr.emage.share.changed.v1"
     topic: ClassVar[str] = SHARE_CHANGED_TOPIC
@@ -566,19 +575,40 @@ class ShareChanged(EventData):
     revision: PositiveInt
     """Strictly increasing per share, so a view can ignore a stale or replayed change."""
     patient_key: PatientKey
-    study_instance_uids: Annotated[tuple[DicomUid, ...], Field(min_length=1)]
+    study_instance_uids: tuple[DicomUid, ...] = ()
+    all_studies: StrictBool = False
     shared_by: PrincipalSubject
+    shared_by_facility: FinessId | None = None
+    """``None`` when the patient shared; else the FINESS of the sharing professional's facility."""
+    changed_by: PrincipalSubject | None = None
+    """Who made this change: the sharer at creation, the sharer or the patient at revocation."""
     recipient: Annotated[ProfessionalRecipient | LinkRecipient, Field(discriminator="kind")]
     status: Literal["active", "revoked", "expired"]
     expires_at: UtcTimestamp | None = None
     changed_at: UtcTimestamp
+
+    @model_validator(mode="after")
+    def _names_what_is_shared(self) -> ShareChanged:
+        if self.all_studies == bool(self.study_instance_uids):
+            raise ValueError("a share lists its studies or covers all studies of the patient, not both")
+        return self
 
     def partition_key(self) -> str:
         """The patient key."""
         return self.patient_key
 
 
-Role = Literal["radiologist", "referring_physician", "nurse", "imaging_technician", "patient", "dpo", "admin"]
+Role = Literal[
+    "radiologist",
+    "referring_physician",
+    "nurse",
+    "imaging_technician",
+    "patient",
+    "dpo",
+    "admin",
+    "link_holder",
+]
+"""Platform roles, and ``link_holder``: whoever opened a share link (no account; subject ``link:<id>``)."""
 
 
 class Principal(_Frozen):
@@ -590,22 +620,30 @@ class Principal(_Frozen):
     """RPPS claim of a professional (Pro Santé Connect)."""
     facility_finess: FinessId | None = None
     """The facility the professional acts for."""
+    name: Annotated[Text, Field(max_length=256)] | None = None
+    """Display name, so that a patient's access log says who, not a number."""
+    facility_name: Annotated[Text, Field(max_length=256)] | None = None
 
 
 AccessAction = Literal[
-    "read",
+    "search",
+    "read_metadata",
+    "retrieve",
+    "rendered",
     "download",
-    "report",
-    "annotate",
-    "share",
-    "revoke",
-    "upload",
-    "transfer",
+    "store",
     "correct_metadata",
+    "share",
+    "revoke_share",
+    "create_link",
+    "revoke_link",
+    "open_link",
+    "break_glass",
     "read_audit",
-    "verify_chain",
+    "verify_audit",
 ]
-AccessBasis = Literal["care", "consent", "share", "link", "break_glass"]
+"""What the decided request does: the policy's actions, and the gateway's own acts on shares and links."""
+AccessBasis = Literal["care", "consent", "share", "link", "break_glass", "own_record", "audit_role"]
 
 
 class AccessDecided(EventData):
@@ -625,6 +663,8 @@ class AccessDecided(EventData):
     reason: Annotated[Text, Field(min_length=1, max_length=1024)]
     justification: Annotated[Text, Field(min_length=1, max_length=2048)] | None = None
     """The professional's justification, mandatory for break-the-glass."""
+    client_address: Annotated[Text, Field(max_length=64)] | None = None
+    """The network address the request came from, as the gateway saw it."""
     decided_at: UtcTimestamp
 
     @model_validator(mode="after")

@@ -7,7 +7,7 @@ the same thing everywhere: each dependency the service itself uses answers.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -123,11 +123,12 @@ def build_service_app(
     version: str,
     routers: Iterable[APIRouter] = (),
     service_lifespan: ServiceLifespan | None = None,
+    readiness: Mapping[str, ReadinessCheck] | None = None,
 ) -> FastAPI:
     """A service's app with its :class:`ServiceRuntime` opened in the lifespan (``app.state.runtime``).
 
     ``service_lifespan`` runs inside the runtime's: it starts after MongoDB, Kafka and S3 are open and stops
-    before they close.
+    before they close. ``readiness`` adds the service's own checks to those of its connections.
     """
     runtime = ServiceRuntime(settings)
 
@@ -144,7 +145,7 @@ def build_service_app(
         settings,
         title=f"e-mage {settings.service_name}",
         version=version,
-        readiness=runtime.readiness(),
+        readiness={**runtime.readiness(), **(readiness or {})},
         routers=routers,
         lifespan=lifespan,
     )

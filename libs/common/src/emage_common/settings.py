@@ -24,6 +24,9 @@ class ServiceSettings(BaseSettings):
     service_name: str
     http_host: str = "127.0.0.1"
     http_port: int = Field(ge=1, le=65535)
+    forwarded_allow_ips: str = "127.0.0.1"
+    """Proxies (comma-separated addresses or networks, ``*`` for any) whose ``X-Forwarded-For``/``-Proto``
+    are believed: the ingress in front of the gateway, so that audit records the client's address."""
 
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     kafka_security_protocol: KafkaSecurityProtocol = "PLAINTEXT"

@@ -153,6 +153,8 @@ def run(app: FastAPI, settings: ServiceSettings) -> None:
         log_config=None,
         access_log=False,
         server_header=False,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
         # Within Kubernetes' default 30 s termination grace period, leaving time for the rest of shutdown.
         timeout_graceful_shutdown=20,
     )
@@ -354,3 +356,29 @@ class _RequestObservabilityMiddleware:
                     },
                 )
                 request_id_var.reset(request_id_token)
+
+
+_FORWARDED_HOST: Final = re.compile(
+    r"[A-Za-z0-9.\-]{1,253}(?::[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](?::[0-9]{1,5})?"
+)
+_FORWARDED_PREFIX: Final = re.compile(r"(?:/[A-Za-z0-9._~\-]+)*/?")
+
+
+def public_base_url(request: Request) -> str:
+    """The service root the client used, ending with ``/`` (PS3.18 §8.2 ``{+SERVICE}``).
+
+    Behind the gateway, that is the gateway's URL: it passes it in ``X-Forwarded-Proto``,
+    ``X-Forwarded-Host`` and ``X-Forwarded-Prefix``. Forwarded values are used only when well-formed; the
+    internal services are reachable only through the gateway, which sets them.
+    """
+    proto = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+    if proto not in ("http", "https"):
+        proto = request.url.scheme
+    host = request.headers.get("x-forwarded-host", "").split(",")[0].strip()
+    if _FORWARDED_HOST.fullmatch(host) is None:
+        host = request.url.netloc
+    prefix = request.headers.get("x-forwarded-prefix", "").split(",")[0].strip()
+    if _FORWARDED_PREFIX.fullmatch(prefix) is None:
+        prefix = ""
+    root = (prefix or str(request.scope.get("root_path", ""))).rstrip("/")
+    return f"{proto}://{host}{root}/"

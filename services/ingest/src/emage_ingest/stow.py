@@ -30,8 +30,9 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
 
+from emage_common.access_contract import FACILITY_HEADER
 from emage_common.events import uid_defect
-from emage_common.web import problem_response
+from emage_common.web import problem_response, public_base_url
 from emage_ingest.adapters.multipart import (
     BodyPart,
     MultipartError,
@@ -44,7 +45,6 @@ from emage_ingest.service import StoreOutcome, StoreRequest
 
 DICOM: Final = "application/dicom"
 DICOM_JSON: Final = "application/dicom+json"
-FACILITY_HEADER: Final = "X-Emage-Facility"
 _ACCEPTABLE: Final = frozenset({DICOM_JSON, "application/json", "application/*", "*/*"})
 _FINESS: Final = re.compile(r"(?:[0-9]{2}|2[AB])[0-9]{7}")
 _MAX_WARNING_HEADERS: Final = 20
@@ -195,7 +195,7 @@ async def _store_instances(request: Request, study: str | None, components: Inge
         return _message_problem(failure, outcomes)
     if not outcomes:
         return problem_response(400, "the multipart body has no part")
-    base_url = settings.dicomweb_base_url or str(request.base_url)
+    base_url = settings.dicomweb_base_url or public_base_url(request)
     status, body = _StoreResponse(base_url, study).build(outcomes)
     response = JSONResponse(body, status_code=status, media_type=DICOM_JSON)
     for name, value in _warnings(outcomes):
