@@ -20,6 +20,7 @@ from emage_catalog.domain.model import (
     check_consistency,
     index_fields,
     series_dataset,
+    study_care,
     study_changed,
     study_dataset,
 )
@@ -74,6 +75,39 @@ def test_an_entry_splits_the_dataset_into_study_series_and_instance_attributes()
         "0008103E": {"vr": "LO", "Value": ["Thorax"]},
         "0020000E": {"vr": "UI", "Value": [SERIES]},
     }
+
+
+def _identified(rpps: str) -> dict[str, Any]:
+    code = {"00080100": {"vr": "SH", "Value": [rpps]}, "00080102": {"vr": "SH", "Value": ["RPPS"]}}
+    return {"00401101": {"vr": "SQ", "Value": [code]}}
+
+
+def test_the_care_of_a_study_comes_from_its_referrer_and_all_its_series_operators() -> None:
+    referrer, operators = "10100000024", {"vr": "SQ", "Value": [_identified("10100000040")]}
+    entry = catalog_entry(
+        stored(
+            {
+                "00080096": {"vr": "SQ", "Value": [_identified(referrer)]},
+                "00081072": operators,
+                "00200013": {"vr": "IS", "Value": [1]},
+            }
+        )
+    )
+    # The Referring Physician Identification Sequence is a study attribute, the Operator one a series one.
+    assert "00080096" in entry.study_attributes
+    assert entry.series_attributes["00081072"] == operators
+    care = study_care(
+        entry,
+        [
+            SeriesSummary("CT", 1, (CT,), ("10100000057", "10100000040")),
+            SeriesSummary("CT", 1, (CT,), ("10100000040",)),
+            SeriesSummary("SR", 1, (CT,)),
+        ],
+    )
+    assert care.facility_finess == "750000001"
+    assert care.patient_key == "pid:750000001:IPP-1"
+    assert care.referring_physician_rpps == referrer
+    assert care.performing_technician_rpps == ("10100000040", "10100000057")
 
 
 def test_study_attributes_are_derived_from_its_series_whatever_their_order() -> None:

@@ -13,6 +13,12 @@ from emage_catalog.domain.dicom import DicomJson
 from emage_catalog.domain.query import SearchQuery
 from emage_catalog.service import SearchPage
 from emage_catalog.settings import Settings
+from emage_common.access_contract import (
+    SEARCH_SCOPE_HEADER,
+    StudyAccessAttributes,
+    WireScopeClause,
+    WireSearchScope,
+)
 
 STUDY = "1.2.826.0.1.3680043.8.498.5"
 
@@ -26,6 +32,17 @@ class StubCatalog:
     async def search(self, query: SearchQuery, base_url: str) -> SearchPage:
         self.queries.append((query, base_url))
         return SearchPage(self.total, [{"0020000D": {"vr": "UI", "Value": [STUDY]}}] * self.results)
+
+    async def access_attributes(self, study: str) -> StudyAccessAttributes | None:
+        if study != STUDY:
+            return None
+        return StudyAccessAttributes(
+            study_instance_uid=STUDY,
+            facility_finess="750000001",
+            patient_key="pid:750000001:IPP-1",
+            referring_physician_rpps="10100000024",
+            performing_technician_rpps=("10100000040",),
+        )
 
     async def metadata(
         self, base_url: str, study: str, series: str | None = None, instance: str | None = None
@@ -167,3 +184,79 @@ def test_openapi_documents_the_total_count_header(client: TestClient) -> None:
     operation = client.get("/openapi.json").json()["paths"]["/studies/{study}/series"]["get"]
     assert "X-Total-Count" in operation["responses"]["200"]["headers"]
     assert {p["name"] for p in operation["parameters"]} >= {"study", "includefield", "limit", "offset"}
+
+
+SCOPE = WireSearchScope(
+    clauses=(WireScopeClause(facility_finess="750000001"), WireScopeClause(patient_keys=("pid:1:2",)))
+)
+
+
+@pytest.mark.parametrize(
+    "path", ["/studies", "/series", "/instances", f"/studies/{STUDY}/series", f"/studies/{STUDY}/instances"]
+)
+def test_the_search_scope_header_is_decoded_into_the_query(
+    client: TestClient, catalog: StubCatalog, path: str
+) -> None:
+    response = client.get(path, headers={SEARCH_SCOPE_HEADER: SCOPE.encode()})
+    assert response.status_code == 200
+    assert catalog.queries[-1][0].scope == SCOPE
+    client.get(path)
+    assert catalog.queries[-1][0].scope is None
+
+
+@pytest.mark.parametrize(
+    ("headers", "reason"),
+    [
+        ([(SEARCH_SCOPE_HEADER, "not base64 !")], "invalid search scope"),
+        ([(SEARCH_SCOPE_HEADER, "")], "invalid search scope"),
+        # Deflated JSON, but {"version":2} and a facility that is no FINESS.
+        ([(SEARCH_SCOPE_HEADER, "eJyrVipLLSrOzM9TsjKqBQAiOASv")], "invalid search scope"),
+        (
+            [(SEARCH_SCOPE_HEADER, "eJyrVkrOSSwtTi1WsoquVkpLTM7MySypjE_LzEstBoopVSjVxtYCAALVDY0")],
+            "invalid search scope",
+        ),
+        ([(SEARCH_SCOPE_HEADER, SCOPE.encode()), (SEARCH_SCOPE_HEADER, SCOPE.encode())], "more than once"),
+    ],
+)
+def test_an_invalid_search_scope_is_refused(
+    client: TestClient, catalog: StubCatalog, headers: list[tuple[str, str]], reason: str
+) -> None:
+    response = client.get(f"/studies/{STUDY}/series/{STUDY}.1/instances", headers=headers)
+    assert response.status_code == 400
+    assert response.headers["content-type"] == "application/problem+json"
+    assert reason in response.json()["detail"]
+    assert catalog.queries == []
+
+
+def test_access_attributes_of_a_study(client: TestClient) -> None:
+    response = client.get(f"/internal/v1/studies/{STUDY}/access-attributes")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert StudyAccessAttributes.model_validate_json(response.content).performing_technician_rpps == (
+        "10100000040",
+    )
+    assert response.json() == {
+        "study_instance_uid": STUDY,
+        "facility_finess": "750000001",
+        "patient_key": "pid:750000001:IPP-1",
+        "referring_physician_rpps": "10100000024",
+        "performing_technician_rpps": ["10100000040"],
+    }
+
+
+def test_access_attributes_of_an_unknown_or_invalid_study(client: TestClient) -> None:
+    unknown = client.get("/internal/v1/studies/1.2.3/access-attributes")
+    assert unknown.status_code == 404
+    assert unknown.headers["content-type"] == "application/problem+json"
+    invalid = client.get("/internal/v1/studies/1.02.3/access-attributes")
+    assert invalid.status_code == 400
+    assert "is not a UID" in invalid.json()["detail"]
+
+
+def test_openapi_tags_the_access_attributes_internal_and_documents_the_scope(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    operation = paths["/internal/v1/studies/{study}/access-attributes"]["get"]
+    assert operation["tags"] == ["internal"]
+    assert {"200", "400", "404"} <= set(operation["responses"])
+    search = paths["/studies"]["get"]
+    assert SEARCH_SCOPE_HEADER in {p["name"] for p in search["parameters"]}

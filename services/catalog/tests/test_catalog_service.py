@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+from emage_catalog.domain.care import CareAttributes, operator_rpps
+from emage_catalog.domain.levels import QueryLevel
 from emage_catalog.domain.model import (
     CatalogConflictError,
     CatalogEntry,
@@ -19,7 +22,9 @@ from emage_catalog.domain.model import (
     StudySnapshot,
     StudyState,
 )
-from emage_catalog.service import CatalogService, StudyAnnouncer
+from emage_catalog.domain.query import parse_search
+from emage_catalog.service import CatalogService, SearchPage, StudyAnnouncer
+from emage_common.access_contract import StudyAccessAttributes, WireSearchScope
 from emage_common.events import STUDY_CHANGED_TOPIC, CloudEvent, InstanceStored, PatientIdentity, StudyChanged
 
 ROOT = "1.2.826.0.1.3680043.8.498.9"
@@ -75,7 +80,7 @@ class MemoryStore:
 
     async def series_summaries(self, study_instance_uid: str) -> list[SeriesSummary]:
         return [
-            SeriesSummary(s["q"].get("Modality"), s["count"], s["sop_classes"])
+            SeriesSummary(s["q"].get("Modality"), s["count"], s["sop_classes"], operator_rpps(s["dataset"]))
             for s in self.series.values()
             if s["study_uid"] == study_instance_uid
         ]
@@ -116,6 +121,10 @@ class MemoryStore:
             ) or uid == entry.sop_instance_uid:
                 _replace(document["q"], index, previous)
 
+    async def care_attributes(self, study_instance_uid: str) -> CareAttributes | None:
+        study = self.studies.get(study_instance_uid)
+        return None if study is None else CareAttributes.from_fields(study["q"])
+
     async def pending_announcements(self, limit: int) -> list[StudySnapshot]:
         return [
             StudySnapshot(
@@ -153,6 +162,8 @@ def stored(
     name: str = "Doe^John",
     sop_class: str = CT,
     facility: str = "750000001",
+    referrer: str | None = None,
+    operators: tuple[str, ...] = (),
 ) -> InstanceStored:
     study_uid, series_uid = f"{ROOT}.{study}", f"{ROOT}.{study}.{series}"
     sop_uid = f"{series_uid}.{instance}"
@@ -173,8 +184,33 @@ def stored(
             "00100010": {"vr": "PN", "Value": [{"Alphabetic": name}]},
             "00200011": {"vr": "IS", "Value": [series]},
             "00200013": {"vr": "IS", "Value": [instance]},
+            **({} if referrer is None else {"00080096": _people(referrer)}),
+            **({"00081072": _people(*operators)} if operators else {}),
         },
     )
+
+
+def _people(*rpps: str) -> dict[str, Any]:
+    """A sequence of Person Identification Macro items naming each RPPS (PS3.3 Table 10-1)."""
+    return {
+        "vr": "SQ",
+        "Value": [
+            {
+                "00080080": {"vr": "LO", "Value": ["CHU Alpha"]},
+                "00401101": {
+                    "vr": "SQ",
+                    "Value": [
+                        {
+                            "00080100": {"vr": "SH", "Value": [number]},
+                            "00080102": {"vr": "SH", "Value": ["RPPS"]},
+                            "00080104": {"vr": "LO", "Value": ["Someone"]},
+                        }
+                    ],
+                },
+            }
+            for number in rpps
+        ],
+    }
 
 
 @pytest.fixture
@@ -260,3 +296,62 @@ async def test_a_conflicting_event_writes_nothing(service: CatalogService, store
     with pytest.raises(CatalogConflictError):
         await service.record_instance(stored(1, 1, 2, facility="690000002"), revision=2)
     assert (store.studies, store.series, store.instances) == snapshot
+
+
+REFERRER, TECHNICIAN, OTHER_TECHNICIAN = "10100000024", "10100000040", "10100000057"
+CARE_FIELDS = ("facility_finess", "patient_key", "referring_physician_rpps", "performing_technician_rpps")
+
+
+def _care(document: dict[str, Any]) -> dict[str, Any]:
+    return {name: document["q"][name] for name in CARE_FIELDS if name in document["q"]}
+
+
+async def test_care_attributes_are_copied_to_every_level_and_follow_new_operators(
+    service: CatalogService, store: MemoryStore
+) -> None:
+    patient_key = "pid:750000001:IPP-1"
+    await service.record_instance(stored(1, 1, 1, referrer=REFERRER, operators=(TECHNICIAN,)), revision=1)
+    await service.record_instance(stored(1, 1, 2, referrer=REFERRER, operators=(TECHNICIAN,)), revision=2)
+    expected = {
+        "facility_finess": "750000001",
+        "patient_key": patient_key,
+        "referring_physician_rpps": REFERRER,
+        "performing_technician_rpps": [TECHNICIAN],
+    }
+    documents = [*store.studies.values(), *store.series.values(), *store.instances.values()]
+    assert [_care(document) for document in documents] == [expected] * 4
+
+    # A new series brings a new operator: the study's list grows, and every copy of it with it.
+    await service.record_instance(
+        stored(1, 2, 1, sop_class=SR, referrer=REFERRER, operators=(OTHER_TECHNICIAN, TECHNICIAN)), revision=3
+    )
+    grown = {**expected, "performing_technician_rpps": [TECHNICIAN, OTHER_TECHNICIAN]}
+    documents = [*store.studies.values(), *store.series.values(), *store.instances.values()]
+    assert [_care(document) for document in documents] == [grown] * 6
+    assert await service.access_attributes(f"{ROOT}.1") == StudyAccessAttributes(
+        study_instance_uid=f"{ROOT}.1",
+        facility_finess="750000001",
+        patient_key=patient_key,
+        referring_physician_rpps=REFERRER,
+        performing_technician_rpps=(TECHNICIAN, OTHER_TECHNICIAN),
+    )
+
+    # A later instance without a referrer: the study has none any more, nor has any copy.
+    await service.record_instance(stored(1, 2, 2, sop_class=SR, operators=(OTHER_TECHNICIAN,)), revision=4)
+    documents = [*store.studies.values(), *store.series.values(), *store.instances.values()]
+    assert all("referring_physician_rpps" not in document["q"] for document in documents)
+    attributes = await service.access_attributes(f"{ROOT}.1")
+    assert attributes is not None
+    assert attributes.referring_physician_rpps is None
+    assert attributes.performing_technician_rpps == (TECHNICIAN, OTHER_TECHNICIAN)
+
+
+async def test_an_unknown_study_has_no_access_attributes(service: CatalogService) -> None:
+    assert await service.access_attributes(f"{ROOT}.404") is None
+
+
+async def test_a_scope_permitting_nothing_is_answered_without_a_query(service: CatalogService) -> None:
+    # The memory store has no search at all: asking it would fail.
+    query = parse_search([], level=QueryLevel.SERIES, max_limit=10)
+    page = await service.search(replace(query, scope=WireSearchScope()), "http://catalog/")
+    assert page == SearchPage(0, [])

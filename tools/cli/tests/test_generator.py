@@ -17,8 +17,11 @@ from pydicom import config
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
+from emage_catalog.domain.care import operator_rpps, referring_physician_rpps
 from emage_cli.synthetic.generator import GenerationRequest, generate, roster_of
 from emage_cli.synthetic.identities import (
+    CHU_ALPHA,
+    CLINIQUE_BETA,
     DEV_PATIENTS,
     INS_TEST_OID,
     ins_control_key,
@@ -118,6 +121,64 @@ def test_dev_patients_are_the_realms_patients(datasets: dict[Path, Dataset]) -> 
         if dataset.PatientID == "IPP-B-000002":
             assert dataset.IssuerOfPatientID == "690000002"
             assert dataset.OtherPatientIDsSequence[0].PatientID == "162116912304526"
+
+
+def _rpps_of(person: Dataset) -> tuple[str, str, str]:
+    """(Code Value, Coding Scheme Designator, Code Meaning) of a Person Identification Macro item's code."""
+    (code,) = person.PersonIdentificationCodeSequence
+    return code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning
+
+
+def test_chu_alpha_exams_identify_the_realms_referrer_and_technician(datasets: dict[Path, Dataset]) -> None:
+    referrer, technician = DEV_USERS_BY_NAME["referrer-a"], DEV_USERS_BY_NAME["technician-a"]
+    assert referrer.facility_finess == technician.facility_finess == CHU_ALPHA.finess
+    alpha = [d for d in datasets.values() if d.IssuerOfPatientID == CHU_ALPHA.finess]
+    assert {d.Modality for d in alpha} >= {"CR", "CT", "MR", "US", "MG", "DOC"}
+    for dataset in alpha:
+        # Referring Physician Identification Sequence (0008,0096): one item, the RPPS under the RPPS scheme.
+        assert str(dataset.ReferringPhysicianName) == f"{referrer.last_name.upper()}^{referrer.first_name}"
+        (person,) = dataset.ReferringPhysicianIdentificationSequence
+        meaning = f"{referrer.first_name} {referrer.last_name.upper()}"
+        assert _rpps_of(person) == (referrer.rpps, "RPPS", meaning)
+        assert person.InstitutionName == CHU_ALPHA.name
+        if dataset.Modality == "DOC":
+            # A report is not acquired: no operator.
+            assert "OperatorsName" not in dataset
+            assert "OperatorIdentificationSequence" not in dataset
+            continue
+        # Operator Identification Sequence (0008,1072): one item per Operators' Name value, in order.
+        assert str(dataset.OperatorsName) == f"{technician.last_name.upper()}^{technician.first_name}"
+        (operator,) = dataset.OperatorIdentificationSequence
+        assert _rpps_of(operator)[:2] == (technician.rpps, "RPPS")
+        assert operator.InstitutionName == CHU_ALPHA.name
+
+
+def test_the_catalog_reads_the_care_relationships_the_generator_writes(datasets: dict[Path, Dataset]) -> None:
+    """In DICOM JSON, as ingest sends them, the catalog finds CHU Alpha's referrer-a and technician-a."""
+    referrer, technician = DEV_USERS_BY_NAME["referrer-a"].rpps, DEV_USERS_BY_NAME["technician-a"].rpps
+    for dataset in datasets.values():
+        as_json = dataset.to_json_dict(bulk_data_threshold=1024, bulk_data_element_handler=lambda _: "bulk")
+        alpha = dataset.IssuerOfPatientID == CHU_ALPHA.finess
+        assert referring_physician_rpps(as_json) == (referrer if alpha else None)
+        operates = alpha and dataset.Modality != "DOC"
+        assert operator_rpps(as_json) == ((technician,) if operates else ())
+
+
+def test_clinique_beta_exams_name_professionals_the_realm_does_not_have(
+    datasets: dict[Path, Dataset],
+) -> None:
+    realm_rpps = {user.rpps for user in DEV_USERS_BY_NAME.values() if user.rpps is not None}
+    beta_staff = {
+        user.role for user in DEV_USERS_BY_NAME.values() if user.facility_finess == CLINIQUE_BETA.finess
+    }
+    assert not beta_staff & {"referring_physician", "imaging_technician"}
+    beta = [d for d in datasets.values() if d.IssuerOfPatientID == CLINIQUE_BETA.finess]
+    assert beta
+    for dataset in beta:
+        assert "ReferringPhysicianIdentificationSequence" not in dataset
+        assert "OperatorIdentificationSequence" not in dataset
+        assert str(dataset.ReferringPhysicianName) in {p.name for p in CLINIQUE_BETA.referring_physicians}
+    assert not realm_rpps & {p.rpps for p in CLINIQUE_BETA.referring_physicians + CLINIQUE_BETA.operators}
 
 
 def test_patient_attributes_agree_across_all_their_instances(datasets: dict[Path, Dataset]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from emage_catalog import __version__
+from emage_catalog import __version__, internal
 from emage_catalog.dicomweb import router
 from emage_catalog.handlers import catalog_lifespan
 from emage_catalog.settings import Settings
@@ -12,8 +12,12 @@ from emage_common.runtime import build_service_app
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """The catalog app: QIDO-RS and WADO-RS metadata, fed by the ``instance.stored`` consumer."""
+    """The catalog app: QIDO-RS and WADO-RS metadata, fed by the ``instance.stored`` consumer, and the
+    internal routes of the access gateway."""
     settings = settings or Settings()
     return build_service_app(
-        settings, version=__version__, routers=[router], service_lifespan=catalog_lifespan(settings)
+        settings,
+        version=__version__,
+        routers=[router, internal.router],
+        service_lifespan=catalog_lifespan(settings),
     )

@@ -3,12 +3,16 @@
 Paths are PS3.18's, relative to the DICOMweb service root, so the gateway proxies them unchanged. Absolute
 URLs in responses (Retrieve URL, BulkDataURI) are built on the URL the client used: the gateway passes it
 in ``X-Forwarded-Proto``, ``X-Forwarded-Host`` and ``X-Forwarded-Prefix``.
+
+A search the gateway forwards carries the studies its user may find in ``X-Emage-Search-Scope``
+(:class:`~emage_common.access_contract.WireSearchScope`); the catalog applies it inside its query, at every
+level. A search without the header is an internal caller's, unscoped.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any, Final
 
 from fastapi import APIRouter, Request
@@ -19,8 +23,9 @@ from emage_catalog.domain.levels import QueryLevel
 from emage_catalog.domain.query import InvalidQueryError, parse_search
 from emage_catalog.service import CatalogService
 from emage_catalog.settings import Settings
+from emage_common.access_contract import SEARCH_SCOPE_HEADER, InvalidScopeError, WireSearchScope
 from emage_common.events import uid_defect
-from emage_common.web import problem_response
+from emage_common.web import problem_response, public_base_url
 
 DICOM_JSON: Final = "application/dicom+json"
 TOTAL_COUNT_HEADER: Final = "X-Total-Count"
@@ -29,8 +34,6 @@ router = APIRouter(tags=["DICOMweb"])
 
 _ACCEPTABLE: Final = frozenset({DICOM_JSON, "application/json", "application/*", "*/*"})
 _UTF8_CHARSETS: Final = frozenset({"utf-8", "utf8", "iso_ir 192"})
-_HOST: Final = re.compile(r"[A-Za-z0-9.\-]{1,253}(?::[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](?::[0-9]{1,5})?")
-_PREFIX: Final = re.compile(r"(?:/[A-Za-z0-9._~\-]+)*/?")
 
 _SEARCH_DESCRIPTION: Final = f"""
 Matching follows PS3.4 §C.2.2.2 as PS3.18 §8.3.4.1 applies it: `{{attributeID}}={{value}}` with the attribute
@@ -46,6 +49,9 @@ Tables 10.6.3-3 to -5. `limit` (at most the server maximum, else reduced with a 
 many more results there are) and `offset` page the results, ordered most recent study first (Study Date and
 Time descending), then by Series and Instance Number, with UIDs breaking ties: the order is stable.
 `fuzzymatching=true` is accepted; only literal matching is performed, which a `Warning` header says.
+
+With the **`{SEARCH_SCOPE_HEADER}`** header (set by the access gateway), only results of the studies the scope
+permits are matched, counted and paged; a scope permitting no study gives an empty page.
 
 The total number of matches is in the **`{TOTAL_COUNT_HEADER}`** response header. No match is a `200` with an
 empty array (PS3.18 CP-2473, RFC 9110 §15.3.5).
@@ -80,6 +86,13 @@ _SEARCH_PARAMETERS: Final = [
         "schema": {"type": "boolean"},
         "description": "Accepted; matching stays literal.",
     },
+    {
+        "name": SEARCH_SCOPE_HEADER,
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": "The studies the search may return (set by the access gateway); absent: unscoped.",
+    },
 ]
 _DATASETS_SCHEMA: Final = {"type": "array", "items": {"type": "object", "additionalProperties": True}}
 _PROBLEM: Final[dict[str, Any]] = {"content": {"application/problem+json": {}}}
@@ -98,7 +111,7 @@ _SEARCH_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
             },
         },
     },
-    400: {"description": "Invalid query: unknown attribute, bad value, bad UID.", **_PROBLEM},
+    400: {"description": "Invalid query: unknown attribute, bad value, bad UID, bad scope.", **_PROBLEM},
     406: {"description": "Only application/dicom+json (or application/json) is produced.", **_PROBLEM},
 }
 _METADATA_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
@@ -120,25 +133,6 @@ def _request_id(request: Request) -> str | None:
 def _catalog(request: Request) -> CatalogService:
     catalog: CatalogService = request.app.state.catalog
     return catalog
-
-
-def dicomweb_base_url(request: Request) -> str:
-    """The DICOMweb service root the client used, ending with ``/`` (PS3.18 §8.2 ``{+SERVICE}``).
-
-    Forwarded values are used only when well-formed; the catalog is reachable only through the gateway, which
-    sets them.
-    """
-    proto = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
-    if proto not in ("http", "https"):
-        proto = request.url.scheme
-    host = request.headers.get("x-forwarded-host", "").split(",")[0].strip()
-    if _HOST.fullmatch(host) is None:
-        host = request.url.netloc
-    prefix = request.headers.get("x-forwarded-prefix", "").split(",")[0].strip()
-    if _PREFIX.fullmatch(prefix) is None:
-        prefix = ""
-    root = (prefix or str(request.scope.get("root_path", ""))).rstrip("/")
-    return f"{proto}://{host}{root}/"
 
 
 def _negotiation_failure(request: Request) -> Response | None:
@@ -198,7 +192,12 @@ async def _search(
         )
     except InvalidQueryError as exc:
         return problem_response(400, str(exc), request_id=_request_id(request))
-    base_url = dicomweb_base_url(request)
+    scoped = _scope(request)
+    if isinstance(scoped, Response):
+        return scoped
+    if scoped is not None:
+        query = replace(query, scope=scoped)
+    base_url = public_base_url(request)
     page = await _catalog(request).search(query, base_url)
     headers = {TOTAL_COUNT_HEADER: str(page.total)}
     warnings = []
@@ -216,6 +215,24 @@ async def _search(
     return Response(to_json(page.results), media_type=DICOM_JSON, headers=headers)
 
 
+def _scope(request: Request) -> WireSearchScope | Response | None:
+    """The search scope the request carries, None for none, or the 400 problem of an invalid one.
+
+    The gateway sends one header; several are refused rather than one of them picked.
+    """
+    headers = request.headers.getlist(SEARCH_SCOPE_HEADER)
+    if not headers:
+        return None
+    if len(headers) > 1:
+        return problem_response(
+            400, f"the {SEARCH_SCOPE_HEADER} header is given more than once", request_id=_request_id(request)
+        )
+    try:
+        return WireSearchScope.decode(headers[0])
+    except InvalidScopeError as exc:
+        return problem_response(400, str(exc), request_id=_request_id(request))
+
+
 async def _metadata(
     request: Request, study: str, series: str | None = None, instance: str | None = None
 ) -> Response:
@@ -224,7 +241,7 @@ async def _metadata(
     )
     if failure is not None:
         return failure
-    datasets = _catalog(request).metadata(dicomweb_base_url(request), study, series, instance)
+    datasets = _catalog(request).metadata(public_base_url(request), study, series, instance)
     first = await anext(datasets, None)
     if first is None:
         await datasets.aclose()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
+from emage_catalog.domain.care import CareAttributes
 from emage_catalog.domain.dicom import DicomJson
 from emage_catalog.domain.levels import QueryLevel
 from emage_catalog.domain.matching import QUERY_KEYS
@@ -29,11 +30,13 @@ from emage_catalog.domain.model import (
     check_consistency,
     index_fields,
     series_dataset,
+    study_care,
     study_changed,
     study_dataset,
 )
 from emage_catalog.domain.query import SearchQuery
 from emage_catalog.domain.results import Hit, ResultShape, resolve_bulk_data, result_dataset, result_shape
+from emage_common.access_contract import StudyAccessAttributes
 from emage_common.events import STUDY_CHANGED_TOPIC, CloudEvent, InstanceStored, make_event
 
 logger = logging.getLogger(__name__)
@@ -88,6 +91,8 @@ class CatalogStore(Protocol):
     async def mark_announced(self, study_instance_uid: str, revision: int) -> None: ...
 
     async def search(self, query: SearchQuery, shape: ResultShape) -> tuple[int, list[Hit]]: ...
+
+    async def care_attributes(self, study_instance_uid: str) -> CareAttributes | None: ...
 
     def metadata(
         self,
@@ -155,7 +160,11 @@ class CatalogService:
 
         summaries = await self._store.series_summaries(entry.study_instance_uid)
         study_attributes = study_dataset(entry.study_attributes, summaries)
-        study_index = index_fields(study_attributes, QueryLevel.STUDY)
+        # The care attributes go with the study's keys, and are copied below it with them.
+        study_index = {
+            **index_fields(study_attributes, QueryLevel.STUDY),
+            **study_care(entry, summaries).fields(),
+        }
         next_revision = max(revision, 0 if study is None else study.revision)
         pending = study is None or next_revision > study.revision or study.announcement_pending
         await self._store.put_study(
@@ -185,10 +194,28 @@ class CatalogService:
             self._on_study_changed()
 
     async def search(self, query: SearchQuery, base_url: str) -> SearchPage:
-        """QIDO-RS: the page of results ``query`` asks for and the total number of matches."""
+        """QIDO-RS: the page of results ``query`` asks for and the total number of matches.
+
+        Within its scope, if it has one: a scope permitting nothing is an empty page, found without a query.
+        """
+        if query.permits_nothing:
+            return SearchPage(0, [])
         shape = result_shape(query)
         total, hits = await self._store.search(query, shape)
         return SearchPage(total, [result_dataset(shape, hit, base_url) for hit in hits])
+
+    async def access_attributes(self, study_instance_uid: str) -> StudyAccessAttributes | None:
+        """What the access policy needs to know about a study; None when it is not catalogued."""
+        care = await self._store.care_attributes(study_instance_uid)
+        if care is None:
+            return None
+        return StudyAccessAttributes(
+            study_instance_uid=study_instance_uid,
+            facility_finess=care.facility_finess,
+            patient_key=care.patient_key,
+            referring_physician_rpps=care.referring_physician_rpps,
+            performing_technician_rpps=care.performing_technician_rpps,
+        )
 
     async def metadata(
         self,

@@ -17,6 +17,9 @@ from emage_cli import __version__
 from emage_cli.synthetic.generator import GenerationRequest, generate
 
 DEMO_SEED: Final = 20260101
+DEMO_FORMAT: Final = 2
+"""Bumped whenever the generator's output changes (2: care relationships in the identification sequences),
+so that a cached demo set of an older format is never loaded."""
 DEMO_REQUEST: Final = GenerationRequest(patients=2, slices=200, frames=40, seed=DEMO_SEED)
 _COMPLETE_SUFFIX: Final = ".complete"
 
@@ -33,7 +36,7 @@ def demo_dataset(cache_dir: Path, *, regenerate: bool = False) -> Path:
     A folder is used only once its generation completed (a marker file beside it says so): an interrupted
     run starts over instead of importing half a study.
     """
-    folder = cache_dir / f"v{__version__}-seed{DEMO_SEED}"
+    folder = cache_dir / f"v{__version__}-format{DEMO_FORMAT}-seed{DEMO_SEED}"
     marker = folder.with_name(folder.name + _COMPLETE_SUFFIX)
     if regenerate or not marker.exists():
         marker.unlink(missing_ok=True)

@@ -4,17 +4,23 @@ Each document keeps its level's dataset in the DICOM JSON Model (``dataset``) an
 normalised values of every query key at its level and above (:func:`~emage_catalog.domain.model.
 index_fields`): a series document repeats its study's keys and an instance document its series' and
 study's, so any QIDO-RS search, hierarchical or relational, is one indexed query on one collection. When a
-study's or series' keys change, the copies below it are rewritten.
+study's or series' keys change, the copies below it are rewritten. Beside the DICOM keywords, ``q`` holds
+the study's care attributes (:class:`~emage_catalog.domain.care.CareAttributes`: owning facility, patient
+key, referring physician and technicians' RPPS, in snake case so they never clash with a keyword), copied to
+every series and instance of the study the same way: a search scope is one more condition of the same query,
+at any level, and counts and pages see only the studies it permits.
 
 Indexes follow the equality-sort-range rule for the searches the benchmark measures on 100,000 studies
 (exact Patient ID, a name prefix, a date range with a modality, a page with its total count): the default
 order (Study Date and Time, most recent first, then UID) is an index order, so a page is read in order
-and stops after ``offset + limit`` keys.
+and stops after ``offset + limit`` keys. Each care attribute leads an index followed by that order, so a
+scoped search reads each clause of its scope in order too (merged, when the scope has several).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final
@@ -23,6 +29,16 @@ from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
+from emage_catalog.domain.care import (
+    FACILITY_FIELD,
+    OPERATOR_IDENTIFICATION_SEQUENCE,
+    PATIENT_FIELD,
+    REFERRER_FIELD,
+    TECHNICIANS_FIELD,
+    CareAttributes,
+    operator_rpps,
+)
+from emage_catalog.domain.dicom import DicomJson
 from emage_catalog.domain.levels import QueryLevel
 from emage_catalog.domain.matching import AnyOf, Between, Equals, Matcher, Pattern, Prefix, QueryKey
 from emage_catalog.domain.model import (
@@ -37,6 +53,7 @@ from emage_catalog.domain.model import (
 )
 from emage_catalog.domain.query import SearchQuery
 from emage_catalog.domain.results import Hit, ResultShape
+from emage_common.access_contract import WireScopeClause, WireSearchScope
 from emage_common.events import PatientIdentity
 
 Document = dict[str, Any]
@@ -81,6 +98,27 @@ def sort_order(query: SearchQuery) -> list[tuple[str, int]]:
 _WITHIN_STUDY: Final = [("q.SeriesNumber", ASCENDING), ("series_uid", ASCENDING)]
 _METADATA_ORDER: Final = [*_WITHIN_STUDY, ("q.InstanceNumber", ASCENDING), ("_id", ASCENDING)]
 _PENDING: Final = "announcement_pending"
+_FACILITY: Final = f"q.{FACILITY_FIELD}"
+_PATIENT: Final = f"q.{PATIENT_FIELD}"
+_REFERRER: Final = f"q.{REFERRER_FIELD}"
+_TECHNICIANS: Final = f"q.{TECHNICIANS_FIELD}"
+
+
+def _scope_indexes(level: QueryLevel, *fields: str) -> list[IndexModel]:
+    """An index per care attribute, followed by the level's result order: one clause of a scope reads its
+    matches in order and stops after a page; the clauses of a scope are merged in that order.
+
+    Optional attributes (a referrer, technicians) are indexed only where present: an equality on them
+    implies presence, so the partial index serves every clause on them.
+    """
+    indexes = []
+    for field in fields:
+        name = f"scope_{field.removeprefix('q.')}"
+        optional = field not in (_FACILITY, _PATIENT)
+        partial = {"partialFilterExpression": {field: {"$exists": True}}} if optional else {}
+        indexes.append(IndexModel([(field, ASCENDING), *SORT[level]], name=name, **partial))
+    return indexes
+
 
 _STUDY_INDEXES: Final = [
     # The result order, then the keys most searched by: read in order, a page filters on index keys and
@@ -98,12 +136,16 @@ _STUDY_INDEXES: Final = [
     IndexModel(
         [(_PENDING, ASCENDING)], name="announcement_pending", partialFilterExpression={_PENDING: True}
     ),
+    *_scope_indexes(QueryLevel.STUDY, _FACILITY, _PATIENT, _REFERRER, _TECHNICIANS),
 ]
 _SERIES_INDEXES: Final = [
     IndexModel([("study_uid", ASCENDING), ("q.SeriesNumber", ASCENDING), ("_id", ASCENDING)], name="study"),
     IndexModel(SORT[QueryLevel.SERIES], name="series_order"),
     IndexModel([("q.Modality", ASCENDING), *SORT[QueryLevel.SERIES]], name="modality"),
     IndexModel([("q.PatientID", ASCENDING), *SORT[QueryLevel.SERIES]], name="patient_id"),
+    # Relational searches of series and instances are scoped by facility or patient mostly; a referrer's or
+    # technician's clause is read through its facility (the policy always pairs them), or the study.
+    *_scope_indexes(QueryLevel.SERIES, _FACILITY, _PATIENT),
 ]
 _INSTANCE_INDEXES: Final = [
     IndexModel([("study_uid", ASCENDING), *_METADATA_ORDER], name="study"),
@@ -114,6 +156,7 @@ _INSTANCE_INDEXES: Final = [
     IndexModel(SORT[QueryLevel.INSTANCE], name="instance_order"),
     IndexModel([("q.SOPClassUID", ASCENDING), *SORT[QueryLevel.INSTANCE]], name="sop_class"),
     IndexModel([("q.PatientID", ASCENDING), *SORT[QueryLevel.INSTANCE]], name="patient_id"),
+    *_scope_indexes(QueryLevel.INSTANCE, _FACILITY, _PATIENT),
 ]
 
 # The field holding each UID key in each collection: the document id, or the parent's UID.
@@ -127,8 +170,9 @@ _UID_FIELDS: Final[Mapping[tuple[QueryLevel, str], str]] = {
 }
 
 
-def compile_filter(query: SearchQuery) -> Filter:
-    """The MongoDB filter of a search: the target resource's UIDs and every constraint, all required."""
+def compile_filter(query: SearchQuery) -> Filter | None:
+    """The MongoDB filter of a search: the target resource's UIDs, every constraint and the search's scope,
+    all required; None when the scope permits no study, so that no document can match."""
     clauses: list[Filter] = []
     if query.study_instance_uid is not None:
         clauses.append({"study_uid": query.study_instance_uid})
@@ -138,9 +182,62 @@ def compile_filter(query: SearchQuery) -> Filter:
         clauses.append(
             _clause(_field(query.level, constraint.key), constraint.matcher, constraint.key.multivalued)
         )
+    if query.scope is not None:
+        scope = compile_scope(query.scope, query.level)
+        if scope is None:
+            return None
+        if scope:
+            clauses.append(scope)
     if not clauses:
         return {}
     return clauses[0] if len(clauses) == 1 else {"$and": clauses}
+
+
+def compile_scope(scope: WireSearchScope, level: QueryLevel) -> Filter | None:
+    """The filter of the documents of ``level`` whose study ``scope`` permits: a ``$or`` of its clauses.
+
+    None when no study is permitted (no clause, or none that any study can satisfy); ``{}`` when some clause
+    has no condition at all, so every study is permitted.
+    """
+    branches: dict[str, Filter] = {}
+    for clause in scope.clauses:
+        branch = _scope_clause(clause, level)
+        if branch is None:
+            continue
+        if not branch:
+            return {}
+        # A clause given twice is one branch (its lists are sorted, so equal clauses compare equal).
+        branches.setdefault(json.dumps(branch, sort_keys=True), branch)
+    if not branches:
+        return None
+    found = list(branches.values())
+    return found[0] if len(found) == 1 else {"$or": found}
+
+
+def _scope_clause(clause: WireScopeClause, level: QueryLevel) -> Filter | None:
+    """One clause's conditions, all required (an implicit ``$and``); None when no study can satisfy them."""
+    condition: Filter = {}
+    if clause.facility_finess is not None:
+        condition[_FACILITY] = clause.facility_finess
+    study_field = _UID_FIELDS[level, "StudyInstanceUID"]
+    for field, included, excluded in (
+        (_PATIENT, clause.patient_keys, clause.excluded_patient_keys),
+        (study_field, clause.study_instance_uids, clause.excluded_study_instance_uids),
+    ):
+        if included is not None:
+            # Exclusions taken out of the list: one $in, which an index reads as point ranges.
+            permitted = sorted(set(included) - set(excluded))
+            if not permitted:
+                return None
+            condition[field] = permitted[0] if len(permitted) == 1 else {"$in": permitted}
+        elif excluded:
+            condition[field] = {"$nin": sorted(set(excluded))}
+    if clause.referring_physician_rpps is not None:
+        condition[_REFERRER] = clause.referring_physician_rpps
+    if clause.performing_technician_rpps is not None:
+        # Matches when it is one of the study's technicians (an array field).
+        condition[_TECHNICIANS] = clause.performing_technician_rpps
+    return condition
 
 
 def _field(level: QueryLevel, key: QueryKey) -> str:
@@ -290,16 +387,26 @@ class MongoCatalogStore:
     async def series_summaries(self, study_instance_uid: str) -> list[SeriesSummary]:
         """The series of a study, as the study aggregates them."""
         cursor = self._series.find(
-            {"study_uid": study_instance_uid}, {"q.Modality": 1, "instance_count": 1, "sop_classes": 1}
+            {"study_uid": study_instance_uid},
+            {
+                "q.Modality": 1,
+                "instance_count": 1,
+                "sop_classes": 1,
+                f"dataset.{OPERATOR_IDENTIFICATION_SEQUENCE}": 1,
+            },
         )
-        return [
-            SeriesSummary(
-                modality=document.get("q", {}).get("Modality"),
-                instance_count=document["instance_count"],
-                sop_class_uids=tuple(document["sop_classes"]),
+        summaries = []
+        async for document in cursor:
+            dataset: DicomJson = document.get("dataset", {})
+            summaries.append(
+                SeriesSummary(
+                    modality=document.get("q", {}).get("Modality"),
+                    instance_count=document["instance_count"],
+                    sop_class_uids=tuple(document["sop_classes"]),
+                    operator_rpps=operator_rpps(dataset),
+                )
             )
-            async for document in cursor
-        ]
+        return summaries
 
     async def put_study(
         self,
@@ -388,10 +495,30 @@ class MongoCatalogStore:
 
     # --- Reading --------------------------------------------------------------------------------------------
 
+    async def care_attributes(self, study_instance_uid: str) -> CareAttributes | None:
+        """The care attributes of a catalogued study, or None when the catalog does not hold it."""
+        document = await self._studies.find_one(
+            {"_id": study_instance_uid},
+            {"facility_finess": 1, "patient_key": 1, _REFERRER: 1, _TECHNICIANS: 1},
+        )
+        if document is None:
+            return None
+        # The owning facility and the patient as the study document records them; the care relationships
+        # from their copy under ``q`` (the one searches are scoped by).
+        return CareAttributes.from_fields(
+            {
+                **document.get("q", {}),
+                FACILITY_FIELD: document["facility_finess"],
+                PATIENT_FIELD: document["patient_key"],
+            }
+        )
+
     async def search(self, query: SearchQuery, shape: ResultShape) -> tuple[int, list[Hit]]:
         """The total number of matches and the requested page of them, with the documents results need."""
         collection = self._by_level[query.level]
         condition = compile_filter(query)
+        if condition is None:
+            return 0, []
         page_cursor = collection.find(
             condition,
             _projection(shape),

@@ -108,6 +108,7 @@ SERIES_ATTRIBUTES: Final = _attributes(
     "BodyPartExamined",
     "ProtocolName",
     "OperatorsName",
+    "OperatorIdentificationSequence",
     "PerformingPhysicianName",
     "PatientPosition",
     "PerformedProcedureStepID",

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Final
 
+from emage_catalog.domain.care import CareAttributes, referring_physician_rpps, union_of
 from emage_catalog.domain.dicom import DicomJson, element, first_string, sorted_dataset, subset, values
 from emage_catalog.domain.levels import (
     MODALITIES_IN_STUDY,
@@ -190,6 +191,8 @@ class SeriesSummary:
     modality: str | None
     instance_count: int
     sop_class_uids: tuple[str, ...]
+    operator_rpps: tuple[str, ...] = ()
+    """RPPS of the series' operators (:func:`~emage_catalog.domain.care.operator_rpps`)."""
 
 
 def series_dataset(attributes: DicomJson, totals: SeriesTotals) -> DicomJson:
@@ -214,6 +217,21 @@ def study_dataset(attributes: DicomJson, series: Sequence[SeriesSummary]) -> Dic
         ),
     }
     return sorted_dataset({**attributes, **derived})
+
+
+def study_care(entry: CatalogEntry, series: Sequence[SeriesSummary]) -> CareAttributes:
+    """The care attributes of the entry's study once the entry is recorded.
+
+    The owning facility and the patient are the entry's (the facility never changes, see
+    :func:`check_consistency`); the referring physician is the one the entry names, like every study-level
+    attribute; the technicians are the operators of all the study's series.
+    """
+    return CareAttributes(
+        facility_finess=entry.facility_finess,
+        patient_key=entry.patient.patient_key,
+        referring_physician_rpps=referring_physician_rpps(entry.study_attributes),
+        performing_technician_rpps=union_of(summary.operator_rpps for summary in series),
+    )
 
 
 def index_fields(dataset: Mapping[str, Mapping[str, Any]], level: QueryLevel) -> IndexFields:
@@ -272,6 +290,7 @@ def study_changed(snapshot: StudySnapshot, *, changed_at: datetime) -> StudyChan
             for value in values(dataset, MODALITIES_IN_STUDY.tag)
             if isinstance(value, str) and _MODALITY_CODE.fullmatch(value)
         ),
+        referring_physician_rpps=referring_physician_rpps(dataset),
         number_of_series=_count(dataset, NUMBER_OF_STUDY_RELATED_SERIES.tag),
         number_of_instances=_count(dataset, NUMBER_OF_STUDY_RELATED_INSTANCES.tag),
         changed_at=changed_at,

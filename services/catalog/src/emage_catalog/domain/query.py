@@ -17,6 +17,7 @@ from typing import Final
 from emage_catalog.domain.dicom import UnknownAttributeError, resolve_attribute
 from emage_catalog.domain.levels import QueryLevel
 from emage_catalog.domain.matching import QUERY_KEYS, InvalidMatchError, Matcher, QueryKey, parse_matcher
+from emage_common.access_contract import WireSearchScope
 
 CONTENT_NEGOTIATION_PARAMETERS: Final = frozenset({"accept", "charset"})
 """PS3.18 §8.3.3 parameters, negotiated by the HTTP layer before the search is parsed."""
@@ -55,6 +56,14 @@ class SearchQuery:
     """Whether the page size is the server's maximum rather than what was asked (or nothing was asked)."""
     fuzzy_matching_requested: bool
     """``fuzzymatching=true`` was asked; the catalog matches literally and says so (§8.3.4.2)."""
+    scope: WireSearchScope | None = None
+    """The studies the gateway permits this search to return (results of any level belong to one of them);
+    None for an unscoped search by an internal caller. A scope without clauses permits nothing."""
+
+    @property
+    def permits_nothing(self) -> bool:
+        """Whether the scope rules out every study, so that the search needs no query at all."""
+        return self.scope is not None and not self.scope.clauses
 
 
 def parse_search(

@@ -17,6 +17,17 @@ INS_TEST_OID = "1.2.250.1.213.1.4.10"
 
 
 @dataclass(frozen=True)
+class Professional:
+    """A health professional named in a study: referring physician or operator (imaging technician)."""
+
+    name: str
+    """Person Name (PN, PS3.5 §6.2.1): family name ^ given name."""
+    rpps: str | None = None
+    """RPPS number, when the professional is one of the realm's users: the studies then identify them by it
+    (Person Identification Code Sequence), and the access policy recognises them."""
+
+
+@dataclass(frozen=True)
 class Facility:
     """A healthcare facility: its FINESS number issues its patients' IDs (Issuer of Patient ID)."""
 
@@ -25,9 +36,14 @@ class Facility:
     patient_id_prefix: str
     accession_prefix: str
     station: str
-    referring_physicians: tuple[str, ...]
-    operators: tuple[str, ...]
+    referring_physicians: tuple[Professional, ...]
+    operators: tuple[Professional, ...]
 
+
+#: The realm's referrer-a and technician-a (``emage_devstack.dev_users``): CHU Alpha's exams are ordered by
+#: the one and acquired by the other, so that logging in as them shows the exams they are in charge of.
+REFERRER_A = Professional("LEFEVRE^Marc", rpps="10100000024")
+TECHNICIAN_A = Professional("MOREAU^Julien", rpps="10100000040")
 
 CHU_ALPHA = Facility(
     finess="750000001",
@@ -35,18 +51,18 @@ CHU_ALPHA = Facility(
     patient_id_prefix="IPP-A-",
     accession_prefix="A",
     station="CHUA",
-    # LEFEVRE^Marc and MOREAU^Julien are the realm's referrer-a and technician-a.
-    referring_physicians=("LEFEVRE^Marc", "FONTAINE^Camille"),
-    operators=("MOREAU^Julien",),
+    referring_physicians=(REFERRER_A,),
+    operators=(TECHNICIAN_A,),
 )
+# The realm has no referring physician nor technician at Clinique Beta: its professionals are named only.
 CLINIQUE_BETA = Facility(
     finess="690000002",
     name="Clinique Beta",
     patient_id_prefix="IPP-B-",
     accession_prefix="B",
     station="CLIB",
-    referring_physicians=("ROUX^Isabelle", "GIRARD^Antoine"),
-    operators=("GARNIER^Lucas",),
+    referring_physicians=(Professional("ROUX^Isabelle"), Professional("GIRARD^Antoine")),
+    operators=(Professional("GARNIER^Lucas"),),
 )
 FACILITIES = (CHU_ALPHA, CLINIQUE_BETA)
 

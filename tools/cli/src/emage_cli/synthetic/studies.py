@@ -29,7 +29,7 @@ from pydicom.uid import (
 
 from emage_cli import __version__
 from emage_cli.synthetic import codecs, phantoms
-from emage_cli.synthetic.identities import INS_TEST_OID, Patient
+from emage_cli.synthetic.identities import INS_TEST_OID, Facility, Patient, Professional
 from emage_cli.synthetic.pdf import text_pdf
 from emage_cli.synthetic.uids import UidFactory
 
@@ -47,6 +47,10 @@ IMPLEMENTATION_CLASS_UID = UID("2.25.186279935063961838474651391946264932211")
 IMPLEMENTATION_VERSION_NAME = f"EMAGE_CLI_{__version__.replace('.', '')}"
 
 MANUFACTURER = "e-mage synthetic"
+
+#: Coding Scheme Designator of RPPS numbers in a Person Identification Code Sequence, as the catalog reads
+#: them (it also accepts the ANS's OID of the RPPS, 1.2.250.1.71.4.2.1).
+RPPS_SCHEME = "RPPS"
 
 
 @dataclass(frozen=True)
@@ -73,8 +77,8 @@ class StudyContext:
     study_id: str
     started: datetime
     description: str
-    referring_physician: str
-    operator: str
+    referring_physician: Professional
+    operator: Professional
 
     @property
     def patient_age(self) -> str:
@@ -161,7 +165,13 @@ class StudyWriter:
         # General Study and Patient Study (§C.7.2.1, §C.7.2.2).
         ds.StudyInstanceUID = study.study_instance_uid
         ds.StudyDate, ds.StudyTime = _da(study.started), _tm(study.started)
-        ds.ReferringPhysicianName = study.referring_physician
+        ds.ReferringPhysicianName = study.referring_physician.name
+        referrer = study.referring_physician
+        if referrer.rpps is not None:
+            # A single item (PS3.3 §C.7.2.1): the physician who ordered the exam.
+            ds.ReferringPhysicianIdentificationSequence = Sequence(
+                [_person(referrer, referrer.rpps, patient.facility)]
+            )
         ds.StudyID = study.study_id
         ds.AccessionNumber = study.accession_number
         ds.StudyDescription = study.description
@@ -172,7 +182,11 @@ class StudyWriter:
         ds.SeriesNumber = series.series_number
         ds.SeriesDate, ds.SeriesTime = _da(series.started), _tm(series.started)
         ds.SeriesDescription = series.description
-        ds.OperatorsName = study.operator
+        ds.OperatorsName = study.operator.name
+        operator = study.operator
+        if operator.rpps is not None:
+            # One item per Operators' Name value, in the same order (PS3.3 §C.7.3.1).
+            ds.OperatorIdentificationSequence = Sequence([_person(operator, operator.rpps, patient.facility)])
         ds.BodyPartExamined = series.body_part
         # General Equipment (§C.7.5.1).
         ds.Manufacturer = MANUFACTURER
@@ -230,6 +244,15 @@ def _code(value: str, scheme: str, meaning: str) -> Dataset:
     item.CodeValue = value
     item.CodingSchemeDesignator = scheme
     item.CodeMeaning = meaning
+    return item
+
+
+def _person(professional: Professional, rpps: str, facility: Facility) -> Dataset:
+    """A Person Identification Macro item (PS3.3 Table 10-1): the RPPS code and the institution."""
+    family, _, given = professional.name.partition("^")
+    item = Dataset()
+    item.PersonIdentificationCodeSequence = Sequence([_code(rpps, RPPS_SCHEME, f"{given} {family}".strip())])
+    item.InstitutionName = facility.name
     return item
 
 
@@ -510,8 +533,10 @@ def write_report(writer: StudyWriter, modality: str) -> None:
         "AcquisitionNumber",
         "BodyPartExamined",
         "OperatorsName",
+        "OperatorIdentificationSequence",
     ):
-        delattr(ds, keyword)
+        if keyword in ds:
+            delattr(ds, keyword)
     signed = study.started + timedelta(hours=2)
     pdf = text_pdf(
         f"{patient.facility.name} — Compte rendu d'imagerie",
@@ -520,7 +545,7 @@ def write_report(writer: StudyWriter, modality: str) -> None:
             f"IPP : {patient.patient_id} (FINESS {patient.facility.finess})",
             f"Examen : {study.description} du {study.started:%d/%m/%Y}",
             f"N° d'examen : {study.accession_number}",
-            f"Médecin demandeur : {study.referring_physician.replace('^', ' ')}",
+            f"Médecin demandeur : {study.referring_physician.name.replace('^', ' ')}",
             "",
             f"Conclusion : {_REPORT_CONCLUSIONS[modality]}",
             "",
