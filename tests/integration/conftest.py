@@ -12,7 +12,9 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
+from gateway_world import Tokens, World, publish_world
 from pymongo import MongoClient
 from pymongo.collection import Collection
 
@@ -76,6 +78,25 @@ def s3_config(stack: Stack) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def keycloak_issuer(stack: Stack) -> str:
     return stack.keycloak.issuer
+
+
+@pytest.fixture(scope="session")
+def world(services: Stack) -> World:
+    """Three studies for the gateway tests (``tests/support/gateway_world.py``), published once."""
+    return publish_world(services)
+
+
+@pytest.fixture(scope="session")
+def tokens(services: Stack) -> Tokens:
+    """Access tokens of the dev users from the real Keycloak, renewed before they expire."""
+    return Tokens(services.keycloak.issuer)
+
+
+@pytest.fixture(scope="session")
+def gateway(world: World) -> Iterator[httpx.Client]:
+    """A client of the gateway."""
+    with httpx.Client(base_url=world.gateway, timeout=60) as client:
+        yield client
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

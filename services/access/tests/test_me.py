@@ -62,6 +62,7 @@ def test_me_describes_the_authenticated_professional(client: TestClient) -> None
         "roles": ["radiologist"],
         "rpps": "10000000001",
         "facility": "750000001",
+        "facility_name": None,
         "patient_id": None,
         "authentication_methods": ["otp", "pwd"],
     }
@@ -91,3 +92,33 @@ def test_invalid_tokens_are_refused_without_detail(client: TestClient, token: st
     assert response.headers["www-authenticate"] == 'Bearer error="invalid_token"'
     assert "Traceback" not in response.text
     assert response.json()["detail"] == "The access token is not valid."
+
+
+def test_staff_without_a_second_factor_are_asked_to_step_up(client: TestClient) -> None:
+    token = _token(amr=["pwd"], acr="eidas1")
+    response = client.get("/dicomweb/studies", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == 'Bearer error="insufficient_user_authentication"'
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"roles": ["radiologist", "patient"]},
+        {"roles": ["offline_access"]},
+        {"rpps": None},
+        {"facility": "not-a-finess"},
+    ],
+    ids=["two-roles", "no-platform-role", "no-rpps", "bad-facility"],
+)
+def test_genuine_tokens_of_nobody_the_platform_serves_are_forbidden(
+    client: TestClient, claims: dict[str, object]
+) -> None:
+    response = client.get("/dicomweb/studies", headers={"Authorization": f"Bearer {_token(**claims)}"})
+    assert response.status_code == 403
+    assert response.json()["detail"] == "This account may not use e-mage."
+
+
+def test_a_share_link_token_is_not_an_identity(client: TestClient) -> None:
+    response = client.get("/api/v1/me", headers={"Authorization": "Bearer opaque-link-session-token"})
+    assert response.status_code == 401

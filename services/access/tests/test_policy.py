@@ -100,7 +100,7 @@ STUDY = StudyAttributes(
     facility_finess=FACILITY_A,
     patient_key=P1,
     referring_physician_rpps="10100000024",
-    performing_technician_rpps="10100000040",
+    performing_technician_rpps=frozenset({"10100000040"}),
     status=StudyStatus.UNRELEASED,
 )
 
@@ -679,7 +679,7 @@ def studies(draw: st.DrawFn) -> list[StudyAttributes]:
             facility_finess=draw(st.sampled_from(FACILITIES)),
             patient_key=draw(st.sampled_from(PATIENTS)),
             referring_physician_rpps=draw(st.sampled_from([None, *RPPS_POOL])),
-            performing_technician_rpps=draw(st.sampled_from([None, *RPPS_POOL])),
+            performing_technician_rpps=draw(st.frozensets(st.sampled_from(RPPS_POOL), max_size=2)),
             status=draw(st.sampled_from(StudyStatus)),
         )
         for uid in uids

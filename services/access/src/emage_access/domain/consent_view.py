@@ -137,7 +137,8 @@ class InMemoryConsentView:
     """A :class:`ConsentView` built from ``consent.changed`` events, held in memory.
 
     Applying is idempotent and order-tolerant per consent: a change whose ``revision`` is not above the
-    last applied one for its consent is ignored, so redelivery and replay are safe.
+    last applied one for its consent is ignored, so redelivery and replay are safe. Consents are indexed by
+    patient and by grantee, so a decision or a search scope reads only the consents it is about.
     """
 
     def __init__(self, patients: Iterable[PatientConsents] = ()) -> None:
@@ -145,61 +146,98 @@ class InMemoryConsentView:
         self._patient_of: dict[str, str] = {}
         self._grants: dict[str, ConsentGrant] = {}
         self._oppositions: dict[str, Opposition] = {}
+        self._by_patient: dict[str, set[str]] = {}
+        self._by_grantee: dict[tuple[str, str], set[str]] = {}
         for patient in patients:
             for grant in patient.grants:
-                self._patient_of[grant.consent_id] = patient.patient_key
-                self._grants[grant.consent_id] = grant
+                self._put(patient.patient_key, grant)
             for opposition in patient.oppositions:
-                self._patient_of[opposition.consent_id] = patient.patient_key
-                self._oppositions[opposition.consent_id] = opposition
+                self._put(patient.patient_key, opposition)
 
     def apply(self, change: ConsentChanged) -> bool:
         """Fold one ``consent.changed`` event into the view; False when it was stale or already applied."""
         if change.revision <= self._revisions.get(change.consent_id, 0):
             return False
         self._revisions[change.consent_id] = change.revision
-        self._patient_of[change.consent_id] = change.patient_key
-        self._grants.pop(change.consent_id, None)
-        self._oppositions.pop(change.consent_id, None)
+        self._remove(change.consent_id)
         active = change.status == "active"
-        if change.provision == "permit":
-            self._grants[change.consent_id] = ConsentGrant(
-                consent_id=change.consent_id,
-                grantee=change.grantee,
-                study_instance_uid=change.study_instance_uid,
-                valid_from=change.valid_from,
-                valid_until=change.valid_until,
-                active=active,
+        if change.provision == "permit" and change.grantee is not None:
+            self._put(
+                change.patient_key,
+                ConsentGrant(
+                    consent_id=change.consent_id,
+                    grantee=change.grantee,
+                    study_instance_uid=change.study_instance_uid,
+                    valid_from=change.valid_from,
+                    valid_until=change.valid_until,
+                    active=active,
+                ),
             )
-        else:
-            self._oppositions[change.consent_id] = Opposition(
-                consent_id=change.consent_id,
-                study_instance_uid=change.study_instance_uid,
-                valid_from=change.valid_from,
-                valid_until=change.valid_until,
-                active=active,
+        elif change.provision == "deny":
+            self._put(
+                change.patient_key,
+                Opposition(
+                    consent_id=change.consent_id,
+                    study_instance_uid=change.study_instance_uid,
+                    valid_from=change.valid_from,
+                    valid_until=change.valid_until,
+                    active=active,
+                ),
             )
         return True
 
+    def _put(self, patient_key: str, provision: ConsentGrant | Opposition) -> None:
+        consent_id = provision.consent_id
+        self._patient_of[consent_id] = patient_key
+        self._by_patient.setdefault(patient_key, set()).add(consent_id)
+        if isinstance(provision, ConsentGrant):
+            self._grants[consent_id] = provision
+            key = _grantee_key(provision.grantee)
+            if key is not None:
+                self._by_grantee.setdefault(key, set()).add(consent_id)
+        else:
+            self._oppositions[consent_id] = provision
+
+    def _remove(self, consent_id: str) -> None:
+        patient_key = self._patient_of.pop(consent_id, None)
+        if patient_key is not None:
+            self._by_patient[patient_key].discard(consent_id)
+        grant = self._grants.pop(consent_id, None)
+        if grant is not None:
+            key = _grantee_key(grant.grantee)
+            if key is not None:
+                self._by_grantee[key].discard(consent_id)
+        self._oppositions.pop(consent_id, None)
+
     def consents_of(self, patient_key: str) -> PatientConsents:
         """See :meth:`ConsentView.consents_of`."""
+        ids = sorted(self._by_patient.get(patient_key, ()))
         return PatientConsents(
             patient_key=patient_key,
-            grants=tuple(g for cid, g in self._grants.items() if self._patient_of[cid] == patient_key),
-            oppositions=tuple(
-                o for cid, o in self._oppositions.items() if self._patient_of[cid] == patient_key
-            ),
+            grants=tuple(self._grants[cid] for cid in ids if cid in self._grants),
+            oppositions=tuple(self._oppositions[cid] for cid in ids if cid in self._oppositions),
         )
 
     def grants_to(
         self, *, rpps: str | None, facility_finess: str | None
     ) -> Iterator[tuple[str, ConsentGrant]]:
         """See :meth:`ConsentView.grants_to`."""
-        for consent_id, grant in self._grants.items():
-            if grant.names_professional(rpps, facility_finess):
-                yield self._patient_of[consent_id], grant
+        keys = [("professional", rpps), ("facility", facility_finess)]
+        for kind, value in keys:
+            if value is None:
+                continue
+            for consent_id in sorted(self._by_grantee.get((kind, value), ())):
+                yield self._patient_of[consent_id], self._grants[consent_id]
 
     def oppositions(self) -> Iterator[tuple[str, Opposition]]:
         """See :meth:`ConsentView.oppositions`."""
         for consent_id, opposition in self._oppositions.items():
             yield self._patient_of[consent_id], opposition
+
+
+def _grantee_key(grantee: ConsentGrantee) -> tuple[str, str] | None:
+    if isinstance(grantee, ProfessionalGrantee):
+        return ("professional", grantee.rpps)
+    if isinstance(grantee, FacilityGrantee):
+        return ("facility", grantee.finess)
+    return None

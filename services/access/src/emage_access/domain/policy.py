@@ -133,8 +133,8 @@ class StudyAttributes:
     """:attr:`emage_common.events.PatientIdentity.patient_key` of the study's patient."""
     referring_physician_rpps: str | None = None
     """RPPS of the physician who ordered the exam."""
-    performing_technician_rpps: str | None = None
-    """RPPS of the imaging technician who acquired the study."""
+    performing_technician_rpps: frozenset[str] = frozenset()
+    """RPPS of the imaging technicians who acquired the study's series."""
     status: StudyStatus = StudyStatus.RELEASED
     """Unknown counts as released: the restrictive choice for corrections."""
 
@@ -153,11 +153,19 @@ class Share:
     shared_by_facility: str | None = None
     """None when the patient shared; else the FINESS of the sharing professional's facility, whose studies
     alone the share can cover (a professional cannot share what their facility does not own)."""
+    other_patient_keys: frozenset[str] = frozenset()
+    """Further keys of the same patient's record: a patient sharing all their studies shares those their
+    facilities catalogued under their local identity as well as under their INS."""
+
+    @property
+    def patient_keys(self) -> frozenset[str]:
+        """Every key of the patient record the share is about."""
+        return self.other_patient_keys | {self.patient_key}
 
     def covers(self, study: StudyAttributes) -> bool:
         """Whether the share is about ``study``."""
         return (
-            self.patient_key == study.patient_key
+            study.patient_key in self.patient_keys
             and (self.study_instance_uid is None or self.study_instance_uid == study.study_instance_uid)
             and (self.shared_by_facility is None or self.shared_by_facility == study.facility_finess)
         )
@@ -227,6 +235,7 @@ class Reason(StrEnum):
     BREAK_GLASS = "break_glass"
     AUDIT_ROLE = "audit_role"
     QUERY_SCOPED = "query_scoped"
+    SHARE_LINK = "share_link"
 
     ACTION_NOT_PERMITTED_FOR_ROLE = "action_not_permitted_for_role"
     ACTION_NOT_PERMITTED_ON_BASIS = "action_not_permitted_on_basis"
@@ -246,6 +255,9 @@ class Reason(StrEnum):
     BREAK_GLASS_TIME_BOX_EXCEEDED = "break_glass_time_box_exceeded"
     BREAK_GLASS_EXPIRED = "break_glass_expired"
     BREAK_GLASS_NOT_YET_OPEN = "break_glass_not_yet_open"
+    LINK_EXPIRED = "link_expired"
+    NOT_LINKED_STUDY = "not_linked_study"
+    STUDY_UNKNOWN = "study_unknown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,7 +406,7 @@ def _find_care(
         reason = Reason.CARE_OWNING_FACILITY
     elif role is Role.REFERRING_PHYSICIAN and study.referring_physician_rpps == principal.rpps:
         reason = Reason.CARE_ORDERING_PHYSICIAN
-    elif role is Role.IMAGING_TECHNICIAN and study.performing_technician_rpps == principal.rpps:
+    elif role is Role.IMAGING_TECHNICIAN and principal.rpps in study.performing_technician_rpps:
         reason = Reason.CARE_PERFORMING_TECHNICIAN
         if study.status is StudyStatus.RELEASED:
             actions = CONSULTATIVE_ACTIONS
@@ -548,7 +560,7 @@ class ScopeClause:
             )
             and (
                 self.performing_technician_rpps is None
-                or study.performing_technician_rpps == self.performing_technician_rpps
+                or self.performing_technician_rpps in study.performing_technician_rpps
             )
             and study.patient_key not in self.excluded_patient_keys
             and study.study_instance_uid not in self.excluded_study_instance_uids
@@ -719,7 +731,7 @@ def _share_clauses(
             ScopeClause(
                 "share",
                 facility_finess=share.shared_by_facility,
-                patient_keys=frozenset({share.patient_key}),
+                patient_keys=share.patient_keys,
                 study_instance_uids=uids,
                 excluded_study_instance_uids=frozenset(opposed_studies.get(share.patient_key, set())),
             )

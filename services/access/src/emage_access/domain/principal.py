@@ -112,6 +112,8 @@ class Principal:
     facility_finess: str | None = None
     """FINESS of the facility a professional acts for in this session."""
     facility_name: str | None = None
+    name: str | None = None
+    """Display name (OIDC ``name``), for audit trails read by people."""
     patient: PatientIdentity | None = None
     """The identity of a patient principal, as their record knows them; None for every other role."""
     authentication_methods: frozenset[str] = frozenset()
@@ -176,6 +178,7 @@ def principal_from_claims(
         "role": role,
         "authentication_methods": frozenset(authentication_methods(claims)),
         "acr": acr if isinstance(acr, str) else None,
+        "name": _display_name(claims),
     }
     if role is Role.PATIENT:
         return Principal(**common, patient=_patient_identity(claims))
@@ -234,6 +237,11 @@ def _patient_identity(claims: Mapping[str, Any]) -> PatientIdentity:
         return PatientIdentity(patient_id=patient_id, issuer_of_patient_id=issuer, ins=ins)
     except ValidationError as error:
         raise InvalidClaimError("patient_id", _first_message(error)) from None
+
+
+def _display_name(claims: Mapping[str, Any]) -> str | None:
+    name = claims.get("name")
+    return name[:256] if isinstance(name, str) and name.strip() else None
 
 
 def _optional_string(claims: Mapping[str, Any], name: str) -> str | None:

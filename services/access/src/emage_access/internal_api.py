@@ -1,0 +1,104 @@
+"""``/api/v1/consents`` and ``/api/v1/audit``: the consent and audit services' APIs, behind the gateway.
+
+The gateway authenticates the caller and forwards the request unchanged, with the caller in the
+:data:`~emage_common.access_contract.PRINCIPAL_HEADER` (never their token). Each service applies its own
+rules on top (a patient acts on their own consents only; a patient reads their own access log only).
+
+Reading the audit trail is itself an access to patient data: the gateway decides it (patients their own
+log, the DPO any record, nobody else) and audits the decision like any other.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Final
+
+import httpx
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import Response
+
+from emage_access.auth import current_principal
+from emage_access.decisions import AccessDecider, get_decider
+from emage_access.dicomweb_proxy import forward
+from emage_access.domain.policy import Action
+from emage_access.domain.principal import Principal
+from emage_common.access_contract import PRINCIPAL_HEADER, ForwardedPrincipal
+
+CONSENT: Final = "consent"
+AUDIT: Final = "audit"
+
+router = APIRouter(prefix="/api/v1")
+
+_FORWARDED_HEADERS: Final = ("accept", "accept-language", "content-type", "content-length")
+
+
+def forwarded_principal(principal: Principal) -> ForwardedPrincipal:
+    """The caller as the internal services see them."""
+    return ForwardedPrincipal(
+        subject=principal.subject,
+        role=principal.role.value,
+        name=principal.name,
+        rpps=principal.rpps,
+        facility_finess=principal.facility_finess,
+        facility_name=principal.facility_name,
+        patient_keys=tuple(sorted(principal.patient_keys)),
+    )
+
+
+def _headers(request: Request, principal: Principal) -> dict[str, str]:
+    headers = {name: request.headers[name] for name in _FORWARDED_HEADERS if name in request.headers}
+    headers[PRINCIPAL_HEADER] = forwarded_principal(principal).encode()
+    request_id = getattr(request.state, "request_id", None)
+    if isinstance(request_id, str):
+        headers["X-Request-Id"] = request_id
+    return headers
+
+
+def _client(request: Request, name: str) -> httpx.AsyncClient:
+    clients: dict[str, httpx.AsyncClient] = request.app.state.internal_apis
+    return clients[name]
+
+
+_METHODS: Final = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+
+@router.api_route(
+    "/consents{path:path}",
+    methods=_METHODS,
+    tags=["consents"],
+    summary="Patients' consents and oppositions (served by the consent service)",
+    description="See the consent service's OpenAPI document for the operations; the gateway authenticates "
+    "and forwards them.",
+)
+async def consents(
+    path: str, request: Request, principal: Annotated[Principal, Depends(current_principal)]
+) -> Response:
+    if path and not path.startswith("/"):
+        raise HTTPException(404, "No such resource.")
+    return await forward(
+        _client(request, CONSENT), request, f"api/v1/consents{path}", _headers(request, principal)
+    )
+
+
+@router.api_route(
+    "/audit{path:path}",
+    methods=["GET", "POST"],
+    tags=["audit"],
+    summary="The audit trail: a patient's access log, the DPO's queries, chain verification",
+    description="Served by the audit service. Patients read their own access log; the DPO reads and "
+    "verifies the trail; nobody else reaches it. Each read is itself audited.",
+)
+async def audit(
+    path: str,
+    request: Request,
+    principal: Annotated[Principal, Depends(current_principal)],
+    decider: Annotated[AccessDecider, Depends(get_decider)],
+) -> Response:
+    if path and not path.startswith("/"):
+        raise HTTPException(404, "No such resource.")
+    action = Action.VERIFY_AUDIT if path.startswith("/verify") else Action.READ_AUDIT
+    decided = await decider.decide(principal, action, None, request=request)
+    if not decided.allowed:
+        raise HTTPException(403, "Your role may not read the audit trail.")
+    return await forward(
+        _client(request, AUDIT), request, f"api/v1/audit{path}", _headers(request, principal)
+    )
