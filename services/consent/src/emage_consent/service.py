@@ -1,0 +1,280 @@
+"""The consent use cases: grant, oppose, revoke, lift, read; each appends through the store and announces.
+
+A change is acknowledged once its record, the new current state and its ``consent.changed`` event are
+committed together (:meth:`~emage_consent.ports.ConsentStore.append`): from then on the event is durable
+in the outbox even if Kafka is down or this replica dies. The event is then published at once, so the
+gateway's view follows within a second; if Kafka does not confirm in time, the outbox relay publishes it.
+
+A decision rests on the consent as read; if another request appended meanwhile, the append is refused
+and the use case reads and decides again (a second revocation then finds the consent revoked: nothing
+to do).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+from pymongo.errors import PyMongoError
+
+from emage_common.access_contract import ForwardedPrincipal
+from emage_common.events import CONSENT_CHANGED_TOPIC, CloudEvent, make_event
+from emage_consent.domain import rules
+from emage_consent.domain.model import Consent, ConsentRecord
+from emage_consent.domain.rules import (
+    AtFacility,
+    ConflictError,
+    GrantDraft,
+    InvalidConsentError,
+    NotFoundError,
+    OppositionDraft,
+)
+from emage_consent.ports import (
+    ConcurrentChangeError,
+    ConsentPage,
+    ConsentQuery,
+    ConsentStore,
+    EventSink,
+    OutboxEntry,
+    OutboxMarks,
+    PatientDirectory,
+)
+
+logger = logging.getLogger(__name__)
+
+EVENT_SOURCE: Final = "/emage/consent"
+_DECISION_ATTEMPTS: Final = 3
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_consent_id() -> str:
+    return str(uuid.uuid4())
+
+
+class ConsentService:
+    """Records and reads consents under the rules of :mod:`emage_consent.domain.rules`."""
+
+    def __init__(
+        self,
+        *,
+        store: ConsentStore,
+        directory: PatientDirectory,
+        events: EventSink,
+        outbox: OutboxMarks,
+        replica_id: str,
+        publish_timeout: float,
+        outbox_lease: timedelta,
+        wake_relay: Callable[[], None],
+        clock: Callable[[], datetime] = utc_now,
+        new_id: Callable[[], str] = new_consent_id,
+    ) -> None:
+        self._store = store
+        self._directory = directory
+        self._events = events
+        self._outbox = outbox
+        self._publisher_id = f"{replica_id}/direct"
+        self._publish_timeout = publish_timeout
+        self._outbox_lease = outbox_lease
+        self._wake_relay = wake_relay
+        self._clock = clock
+        self._new_id = new_id
+        self._settling: set[asyncio.Task[None]] = set()
+
+    def now(self) -> datetime:
+        return self._clock()
+
+    # --- Recording ------------------------------------------------------------------------------------------
+
+    async def grant(self, principal: ForwardedPrincipal, draft: GrantDraft) -> Consent:
+        """Record a grant; raises a :class:`~emage_consent.domain.rules.ConsentRuleError` if refused."""
+        record = rules.grant(principal, draft, consent_id=self._new_id(), now=self._clock())
+        await self._check_reach(principal, record.patient_key, record.study_instance_uid)
+        return await self._open(record)
+
+    async def oppose(self, principal: ForwardedPrincipal, draft: OppositionDraft) -> Consent:
+        """Record an opposition; raises a :class:`~emage_consent.domain.rules.ConsentRuleError` if refused."""
+        record = rules.oppose(principal, draft, consent_id=self._new_id(), now=self._clock())
+        await self._check_reach(principal, record.patient_key, record.study_instance_uid)
+        return await self._open(record)
+
+    async def revoke(self, principal: ForwardedPrincipal, consent_id: str, reason: str | None) -> Consent:
+        """Revoke a grant (idempotent: an inactive one is returned as it is)."""
+        rules.check_may_write(principal)
+        return await self._close(
+            principal,
+            consent_id,
+            lambda consent, now: rules.revoke(principal, consent, now=now, reason=reason),
+        )
+
+    async def lift(self, principal: ForwardedPrincipal, consent_id: str, reason: str | None) -> Consent:
+        """Lift an opposition (idempotent: a lifted one is returned as it is)."""
+        rules.check_may_lift(principal)
+        return await self._close(
+            principal, consent_id, lambda consent, now: rules.lift(principal, consent, now=now, reason=reason)
+        )
+
+    async def _open(self, record: ConsentRecord) -> Consent:
+        consent = Consent.opened(record)
+        try:
+            await self._append(record, consent)
+        except ConcurrentChangeError:
+            # A fresh random id that exists already: never in practice, and nothing was written.
+            raise ConflictError("This consent was recorded concurrently; retry.") from None
+        return consent
+
+    async def _close(
+        self,
+        principal: ForwardedPrincipal,
+        consent_id: str,
+        decide: Callable[[Consent, datetime], ConsentRecord | None],
+    ) -> Consent:
+        for _ in range(_DECISION_ATTEMPTS):
+            consent = await self._readable(principal, consent_id)
+            record = decide(consent, self._clock())
+            if record is None:
+                return consent
+            closed = consent.after(record)
+            try:
+                await self._append(record, closed)
+            except ConcurrentChangeError:
+                continue
+            return closed
+        raise ConflictError("The consent keeps changing concurrently; retry.")
+
+    async def _append(self, record: ConsentRecord, consent: Consent) -> None:
+        event = make_event(record.change(), EVENT_SOURCE, subject=record.consent_id)
+        await self._store.append(
+            record,
+            consent,
+            OutboxEntry(event.id, CONSENT_CHANGED_TOPIC, event),
+            publisher_id=self._publisher_id,
+            publishing_lease=self._outbox_lease,
+        )
+        await self._publish(event.id, event)
+
+    async def _publish(self, event_id: str, event: CloudEvent) -> None:
+        """Publish now; if Kafka does not confirm in time, the outbox entry stays for the relay.
+
+        Either way the change is durable and announced or about to be, so the outbox bookkeeping happens
+        after the answer, in the background (:meth:`settle_pending` awaits it).
+        """
+        try:
+            async with asyncio.timeout(self._publish_timeout):
+                await self._events.publish(CONSENT_CHANGED_TOPIC, event)
+        except Exception:
+            # Whatever failed, the change is committed with its event: the answer is a success.
+            logger.warning("Kafka did not take the event; the outbox relay will publish it", exc_info=True)
+            self._in_background(self._hand_to_relay(event_id))
+            return
+        self._in_background(self._settle(event_id))
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def settle_pending(self) -> None:
+        """Wait for the outbox bookkeeping of the publications made so far (at shutdown)."""
+        while self._settling:
+            await asyncio.gather(*self._settling)
+
+    async def _settle(self, event_id: str) -> None:
+        try:
+            await self._outbox.mark_published(event_id, self._publisher_id)
+        except PyMongoError:
+            # Harmless: the relay publishes the entry again when its lease ends, under the same event id.
+            logger.warning("published, but the outbox entry could not be settled", exc_info=True)
+
+    async def _hand_to_relay(self, event_id: str) -> None:
+        try:
+            await self._outbox.retry_after(event_id, self._publisher_id, timedelta(0))
+        except PyMongoError:
+            logger.warning("the outbox entry stays leased until its lease expires", exc_info=True)
+        self._wake_relay()
+
+    # --- Reading --------------------------------------------------------------------------------------------
+
+    async def _check_reach(
+        self, principal: ForwardedPrincipal, patient_key: str, study_instance_uid: str | None = None
+    ) -> None:
+        """Raise :class:`NotFoundError` unless the caller reaches the patient (the catalog says so for a
+        professional). :class:`~emage_consent.ports.PatientDirectoryUnavailableError` when it cannot say."""
+        reach = rules.reach(principal, patient_key, study_instance_uid)
+        if isinstance(reach, AtFacility) and not await self._directory.has_studies_at(
+            reach.facility_finess, patient_key, reach.study_instance_uid
+        ):
+            raise NotFoundError(rules.NOT_FOUND)
+
+    async def _readable(self, principal: ForwardedPrincipal, consent_id: str) -> Consent:
+        consent = await self._store.get(consent_id)
+        if consent is None:
+            raise NotFoundError(rules.NOT_FOUND)
+        await self._check_reach(principal, consent.patient_key)
+        return consent
+
+    async def get(self, principal: ForwardedPrincipal, consent_id: str) -> Consent:
+        """One consent the caller may read."""
+        return await self._readable(principal, consent_id)
+
+    async def records(self, principal: ForwardedPrincipal, consent_id: str) -> list[ConsentRecord]:
+        """The records of one consent the caller may read, in revision order."""
+        await self._readable(principal, consent_id)
+        return await self._store.records(consent_id)
+
+    async def _patient_keys(self, principal: ForwardedPrincipal, patient_key: str | None) -> tuple[str, ...]:
+        """The patient keys a read is about: the one asked (once reached), or all of a patient's own."""
+        if patient_key is not None:
+            await self._check_reach(principal, patient_key)
+            return (patient_key,)
+        if principal.role == "patient":
+            return principal.patient_keys
+        raise InvalidConsentError("patient_key is required: the patient whose consents to read.")
+
+    async def list_consents(
+        self,
+        principal: ForwardedPrincipal,
+        query: ConsentQuery,
+        *,
+        limit: int,
+        offset: int,
+    ) -> ConsentPage:
+        """The consents the caller asks for and may read, newest first.
+
+        ``query.patient_keys`` holds at most one key (the one asked); without it a patient lists their own
+        and the DPO everyone's, while a professional must name the patient.
+        """
+        asked = query.patient_keys[0] if query.patient_keys else None
+        if asked is None and principal.role == "dpo":
+            keys: tuple[str, ...] | None = None
+        else:
+            keys = await self._patient_keys(principal, asked)
+            if not keys:
+                return ConsentPage([], 0)
+        return await self._store.list(
+            ConsentQuery(keys, query.provision, query.state), now=self._clock(), limit=limit, offset=offset
+        )
+
+    async def history(self, principal: ForwardedPrincipal, patient_key: str | None) -> list[ConsentRecord]:
+        """Every record of a patient's consents, in the order they were appended."""
+        keys = await self._patient_keys(principal, patient_key)
+        return await self._store.history(keys) if keys else []
+
+    async def consents_of(self, principal: ForwardedPrincipal, patient_key: str | None) -> list[Consent]:
+        """Every consent of a patient (current state), oldest first: the FHIR export."""
+        keys = await self._patient_keys(principal, patient_key)
+        records = await self._store.history(keys) if keys else []
+        by_consent: dict[str, list[ConsentRecord]] = {}
+        for record in records:
+            by_consent.setdefault(record.consent_id, []).append(record)
+        return [Consent.fold(sorted(chain, key=_revision)) for chain in by_consent.values()]
+
+
+def _revision(record: ConsentRecord) -> int:
+    return record.revision
