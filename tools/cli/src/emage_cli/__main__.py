@@ -3,6 +3,7 @@
 emage generate OUTDIR [--kind cr|ct|mr|us|mg|all]… [--patients N] [--slices N] [--frames N] [--seed S]
 emage import DIR [--url URL] [--facility FINESS] [--concurrency N] [--token TOKEN]
 emage demo [--url URL] [--cache-dir DIR] [--regenerate]
+emage audit verify [--url URL] [--token TOKEN]
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from emage_cli.audit import app as audit_app
 from emage_cli.importer.outcomes import FileResult, ImportSummary, Outcome
 from emage_cli.synthetic import KINDS
 from emage_cli.synthetic.identities import DEV_PATIENTS
@@ -45,6 +47,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+app.add_typer(audit_app, name="audit")
 console = Console(stderr=True)
 
 DEFAULT_URL = "http://127.0.0.1:8081"

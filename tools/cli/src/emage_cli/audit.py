@@ -23,6 +23,11 @@ DEFAULT_GATEWAY_URL: Final = "http://127.0.0.1:8080"
 VERIFY_PATH: Final = "/api/v1/audit/verify"
 
 
+@app.callback()
+def audit() -> None:
+    """The audit trail: verify its hash chain (through the gateway, as the DPO)."""
+
+
 def request_verification(
     url: str, token: str, *, timeout: float = 300.0, transport: httpx.BaseTransport | None = None
 ) -> dict[str, Any]:
