@@ -338,3 +338,26 @@ def test_decisions_carry_who_what_why_and_from_where(
         FACILITY_B,
     )
     assert decided.client_address == "127.0.0.1"
+
+
+# --- Records: FHIR ImagingStudy -----------------------------------------------------------------------------
+
+
+def test_a_study_is_a_fhir_imaging_study_for_whoever_may_read_it(
+    world: World, tokens: Tokens, gateway: httpx.Client
+) -> None:
+    from fhir.resources.R4B.imagingstudy import ImagingStudy
+
+    response = get(gateway, tokens("radiologist-a"), f"/fhir/ImagingStudy/{world.a1.uid}")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("application/fhir+json")
+    resource = response.json()
+    ImagingStudy.model_validate(resource)
+    assert resource["identifier"][0]["value"] == f"urn:oid:{world.a1.uid}"
+    assert resource["referrer"]["identifier"]["value"] == RPPS["referrer-a"]
+    assert resource["contained"][0]["address"] == f"{world.gateway}/dicomweb"
+    [series] = [entry for entry in resource["series"] if entry["uid"] == world.a1.series]
+    assert series["instance"][0]["uid"] == world.a1.instance
+    forbidden = get(gateway, tokens("radiologist-b"), f"/fhir/ImagingStudy/{world.a1.uid}")
+    unknown = get(gateway, tokens("radiologist-b"), f"/fhir/ImagingStudy/{generate_uid()}")
+    assert forbidden.status_code == unknown.status_code == 404

@@ -8,11 +8,20 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
 from dicomweb_client.api import DICOMwebClient
-from gateway_world import RPPS, Tokens, World, decisions_for
+from gateway_world import (
+    FACILITY_A,
+    RPPS,
+    Tokens,
+    World,
+    await_catalogued,
+    decisions_for,
+    publish_study,
+)
 
 from emage_devstack.stack import Stack
 
@@ -25,6 +34,25 @@ def _auth(token: str) -> dict[str, str]:
 
 def _in(**delta: float) -> str:
     return (datetime.now(UTC) + timedelta(**delta)).isoformat()
+
+
+def _create(gateway: httpx.Client, token: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """POST ``body`` to ``path`` as ``token``'s user; the share or link created (201)."""
+    created = gateway.post(path, json=body, headers=_auth(token))
+    assert created.status_code == 201, created.text
+    return dict(created.json())
+
+
+def _share_with_colleague(gateway: httpx.Client, token: str, study: str, *, days: float) -> dict[str, Any]:
+    """A share of ``study`` with ``radiologist-b``, made by ``token``'s user, for ``days``."""
+    body = {"study_instance_uid": study, "grantee_rpps": RPPS["radiologist-b"], "expires_at": _in(days=days)}
+    return _create(gateway, token, "/api/v1/shares", body)
+
+
+def _link(gateway: httpx.Client, token: str, study: str, *, expires_at: str, **limits: Any) -> dict[str, Any]:
+    """A share link to ``study`` made by ``token``'s user, with its secret and one-time code."""
+    body = {"study_instance_uid": study, "expires_at": expires_at, **limits}
+    return _create(gateway, token, "/api/v1/share-links", body)
 
 
 def _sees(gateway: httpx.Client, token: str, study: str) -> bool:
@@ -40,17 +68,7 @@ def test_a_patient_shares_a_study_with_a_professional_then_revokes_it(
 ) -> None:
     patient, colleague = tokens("patient-1"), tokens("radiologist-b")
     assert not _sees(gateway, colleague, world.a1.uid)
-    created = gateway.post(
-        "/api/v1/shares",
-        json={
-            "study_instance_uid": world.a1.uid,
-            "grantee_rpps": RPPS["radiologist-b"],
-            "expires_at": _in(days=7),
-        },
-        headers=_auth(patient),
-    )
-    assert created.status_code == 201, created.text
-    share = created.json()
+    share = _share_with_colleague(gateway, patient, world.a1.uid, days=7)
     assert (share["status"], share["shared_by_facility"]) == ("active", None)
     assert _sees(gateway, colleague, world.a1.uid)
     assert not _sees(gateway, colleague, world.a2.uid), "a share covers its study only"
@@ -89,21 +107,12 @@ def test_sharing_needs_the_right_to_share(world: World, tokens: Tokens, gateway:
 def test_a_professionals_share_outside_the_facility_needs_the_patients_consent(
     world: World, tokens: Tokens, gateway: httpx.Client
 ) -> None:
-    created = gateway.post(
-        "/api/v1/shares",
-        json={
-            "study_instance_uid": world.a1.uid,
-            "grantee_rpps": RPPS["radiologist-b"],
-            "expires_at": _in(days=1),
-        },
-        headers=_auth(tokens("radiologist-a")),
-    )
-    assert created.status_code == 201, created.text
-    assert created.json()["shared_by_facility"] == "750000001"
+    share = _share_with_colleague(gateway, tokens("radiologist-a"), world.a1.uid, days=1)
+    assert share["shared_by_facility"] == "750000001"
     try:
         assert not _sees(gateway, tokens("radiologist-b"), world.a1.uid)
     finally:
-        gateway.delete(f"/api/v1/shares/{created.json()['share_id']}", headers=_auth(tokens("radiologist-a")))
+        gateway.delete(f"/api/v1/shares/{share['share_id']}", headers=_auth(tokens("radiologist-a")))
 
 
 def _open(gateway: httpx.Client, secret: str, **factor: str) -> httpx.Response:
@@ -113,18 +122,14 @@ def _open(gateway: httpx.Client, secret: str, **factor: str) -> httpx.Response:
 def test_a_share_link_with_a_birth_date_opens_the_study_read_only(
     world: World, tokens: Tokens, gateway: httpx.Client
 ) -> None:
-    created = gateway.post(
-        "/api/v1/share-links",
-        json={
-            "study_instance_uid": world.a1.uid,
-            "expires_at": _in(days=2),
-            "max_uses": 2,
-            "second_factor": "birth_date",
-        },
-        headers=_auth(tokens("patient-1")),
+    link = _link(
+        gateway,
+        tokens("patient-1"),
+        world.a1.uid,
+        expires_at=_in(days=2),
+        max_uses=2,
+        second_factor="birth_date",
     )
-    assert created.status_code == 201, created.text
-    link = created.json()
     assert link["url"].endswith("#" + link["secret"])
 
     wrong = _open(gateway, link["secret"], birth_date="19900101")
@@ -170,17 +175,9 @@ def test_a_share_link_with_a_birth_date_opens_the_study_read_only(
 def test_a_one_time_code_link_locks_after_repeated_wrong_codes(
     world: World, tokens: Tokens, gateway: httpx.Client
 ) -> None:
-    created = gateway.post(
-        "/api/v1/share-links",
-        json={
-            "study_instance_uid": world.a1.uid,
-            "expires_at": _in(days=1),
-            "second_factor": "one_time_code",
-        },
-        headers=_auth(tokens("radiologist-a")),
+    link = _link(
+        gateway, tokens("radiologist-a"), world.a1.uid, expires_at=_in(days=1), second_factor="one_time_code"
     )
-    assert created.status_code == 201, created.text
-    link = created.json()
     code = link["one_time_code"]
     wrong = "0" * len(code) if code != "0" * len(code) else "1" * len(code)
     delay = 1.0
@@ -192,21 +189,19 @@ def test_a_one_time_code_link_locks_after_repeated_wrong_codes(
 
 
 def test_an_expired_link_is_refused(world: World, tokens: Tokens, gateway: httpx.Client) -> None:
-    created = gateway.post(
-        "/api/v1/share-links",
-        json={"study_instance_uid": world.a1.uid, "expires_at": _in(seconds=3)},
-        headers=_auth(tokens("patient-1")),
-    )
-    assert created.status_code == 201, created.text
+    link = _link(gateway, tokens("patient-1"), world.a1.uid, expires_at=_in(seconds=3))
     time.sleep(4)
-    assert _open(gateway, created.json()["secret"]).status_code == 403
+    assert _open(gateway, link["secret"]).status_code == 403
 
 
 def test_break_the_glass_is_justified_time_boxed_and_view_only(
     world: World, tokens: Tokens, gateway: httpx.Client, services: Stack
 ) -> None:
+    # A study of its own: the grant outlives the test, and radiologist-b must stay a stranger to A1.
+    study = publish_study(services, FACILITY_A, "IPP-A-000001", FACILITY_A)
+    await_catalogued(services, study)
     colleague = tokens("radiologist-b")
-    body = {"study_instance_uid": world.a1.uid, "duration_minutes": 30}
+    body = {"study_instance_uid": study.uid, "duration_minutes": 30}
     assert (
         gateway.post(
             "/api/v1/break-glass", json=body | {"justification": " "}, headers=_auth(colleague)
@@ -221,7 +216,7 @@ def test_break_the_glass_is_justified_time_boxed_and_view_only(
         ).status_code
         == 422
     )
-    assert not _sees(gateway, colleague, world.a1.uid)
+    assert not _sees(gateway, colleague, study.uid)
     refused = gateway.post(
         "/api/v1/break-glass",
         json=body | {"justification": "Patient inconscient aux urgences, scanner antérieur nécessaire"},
@@ -235,8 +230,8 @@ def test_break_the_glass_is_justified_time_boxed_and_view_only(
     )
     assert opened.status_code == 201, opened.text
     assert opened.json()["in_force"]
-    assert _sees(gateway, colleague, world.a1.uid)
-    viewed = gateway.get(f"/dicomweb/studies/{world.a1.uid}/thumbnail", headers=_auth(colleague))
+    assert _sees(gateway, colleague, study.uid)
+    viewed = gateway.get(f"/dicomweb/studies/{study.uid}/thumbnail", headers=_auth(colleague))
     assert viewed.status_code == 200
     opening, viewing = opened.headers["x-request-id"], viewed.headers["x-request-id"]
     found = decisions_for(services.kafka.bootstrap_servers, {opening, viewing})
@@ -244,7 +239,7 @@ def test_break_the_glass_is_justified_time_boxed_and_view_only(
         [decided] = found[request_id]
         assert (decided.action, decided.decision, decided.basis) == (action, "allow", "break_glass")
         assert decided.justification == "Patient inconscient aux urgences, scanner antérieur nécessaire"
-    download = gateway.get(f"/dicomweb/studies/{world.a1.uid}", headers=_auth(colleague))
+    download = gateway.get(f"/dicomweb/studies/{study.uid}", headers=_auth(colleague))
     assert download.status_code == 404, "break-the-glass is view-only"
     grants = gateway.get("/api/v1/break-glass", headers=_auth(colleague)).json()["grants"]
-    assert world.a1.uid in {grant["study_instance_uid"] for grant in grants}
+    assert study.uid in {grant["study_instance_uid"] for grant in grants}

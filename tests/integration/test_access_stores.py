@@ -39,6 +39,7 @@ from emage_access.decisions import AccessDecider
 from emage_access.domain.consent_view import InMemoryConsentView
 from emage_access.domain.links import (
     IssuedLink,
+    LinkOpening,
     LinkRefusal,
     LinkRequest,
     LinkSettings,
@@ -49,7 +50,7 @@ from emage_access.domain.links import (
 )
 from emage_access.domain.policy import BreakGlass, PolicySettings, StudyAttributes
 from emage_access.domain.principal import Principal, Role
-from emage_access.domain.sharing import ShareRequest, SharingSettings, create_share
+from emage_access.domain.sharing import ShareRecord, ShareRequest, SharingSettings, create_share
 from emage_common.events import (
     ACCESS_DECIDED_TOPIC,
     SHARE_CHANGED_TOPIC,
@@ -76,15 +77,15 @@ A1 = StudyAttributes("1.2.826.0.1.3680043.8.498.9101", FACILITY_A, PATIENT_1.pat
 B1 = StudyAttributes("1.2.826.0.1.3680043.8.498.9102", FACILITY_B, "pid:690000002:IPP-B-000002")
 UNKNOWN_UID = "1.2.826.0.1.3680043.8.498.9199"
 BIRTH_DATE = "19800521"
+GRANTEE = "10100000065"
+"""``referrer-b``'s RPPS number: whom the stores' tests share with."""
 
 PERSONAS: dict[str, Principal] = {
     "radiologist-a": Principal("sub-rad-a", Role.RADIOLOGIST, rpps="10100000016", facility_finess=FACILITY_A),
     "colleague-a": Principal("sub-col-a", Role.RADIOLOGIST, rpps="10100000099", facility_finess=FACILITY_A),
     "nurse-a": Principal("sub-nurse-a", Role.NURSE, rpps="10100000032", facility_finess=FACILITY_A),
     "radiologist-b": Principal("sub-rad-b", Role.RADIOLOGIST, rpps="10100000057", facility_finess=FACILITY_B),
-    "referrer-b": Principal(
-        "sub-ref-b", Role.REFERRING_PHYSICIAN, rpps="10100000065", facility_finess=FACILITY_B
-    ),
+    "referrer-b": Principal("sub-ref-b", Role.REFERRING_PHYSICIAN, rpps=GRANTEE, facility_finess=FACILITY_B),
     "patient-1": Principal("sub-patient-1", Role.PATIENT, patient=PATIENT_1),
     "dpo": Principal("sub-dpo", Role.DPO),
 }
@@ -125,12 +126,38 @@ class RecordingPublisher:
         return [event.data_as(AccessDecided) for topic, event in self.events if topic == ACCESS_DECIDED_TOPIC]
 
 
+def _share(
+    persona: str = "patient-1",
+    study: StudyAttributes | None = None,
+    *,
+    expires_at: datetime = NOW + DAY,
+    now: datetime = NOW,
+) -> ShareRecord:
+    """A share to :data:`GRANTEE` of ``study``, or of all the patient's studies."""
+    request = ShareRequest(GRANTEE, expires_at, None if study is None else study.study_instance_uid)
+    return create_share(PERSONAS[persona], request, study, now=now, settings=SharingSettings())
+
+
 def _link(
     factor: SecondFactor = SecondFactor.NONE, *, max_uses: int | None = None, expires_at: datetime = NOW + DAY
 ) -> IssuedLink:
     request = LinkRequest(A1.study_instance_uid, expires_at, max_uses=max_uses, second_factor=factor)
     return issue_link(
         PERSONAS["patient-1"], request, A1, patient_birth_date=BIRTH_DATE, now=NOW, settings=LinkSettings()
+    )
+
+
+async def _open(
+    links: MongoLinkStore,
+    secret: str,
+    *,
+    now: datetime = NOW,
+    birth_date: str | None = None,
+    one_time_code: str | None = None,
+    settings: LinkSettings = FAST,
+) -> LinkOpening:
+    return await links.open(
+        secret, birth_date=birth_date, one_time_code=one_time_code, now=now, settings=settings
     )
 
 
@@ -142,27 +169,14 @@ async def test_shares_are_listed_by_sharer_grantee_and_patient(
 ) -> None:
     store = MongoShareStore(database)
     radiologist, patient = PERSONAS["radiologist-a"], PERSONAS["patient-1"]
-    grantee = "10100000065"
-    by_radiologist = create_share(
-        radiologist,
-        ShareRequest(grantee, NOW + DAY, A1.study_instance_uid),
-        A1,
-        now=NOW,
-        settings=SharingSettings(),
-    )
-    by_patient = create_share(
-        patient,
-        ShareRequest(grantee, NOW + 2 * DAY),
-        None,
-        now=NOW + timedelta(seconds=1),
-        settings=SharingSettings(),
-    )
+    by_radiologist = _share("radiologist-a", A1)
+    by_patient = _share(expires_at=NOW + 2 * DAY, now=NOW + timedelta(seconds=1))
     await store.create(by_radiologist)
     await store.create(by_patient)
 
     assert await store.get(by_radiologist.share_id) == by_radiologist
     assert [r.share_id for r in await store.created_by(radiologist.subject)] == [by_radiologist.share_id]
-    assert [r.share_id for r in await store.granted_to(grantee)] == [
+    assert [r.share_id for r in await store.granted_to(GRANTEE)] == [
         by_patient.share_id,
         by_radiologist.share_id,
     ]
@@ -170,7 +184,7 @@ async def test_shares_are_listed_by_sharer_grantee_and_patient(
         by_patient.share_id,
         by_radiologist.share_id,
     ]
-    assert {share.share_id for share in await store.shares_to(grantee)} == {
+    assert {share.share_id for share in await store.shares_to(GRANTEE)} == {
         by_radiologist.share_id,
         by_patient.share_id,
     }
@@ -181,13 +195,7 @@ async def test_revocation_is_for_the_sharer_or_the_patient_and_idempotent(
     database: AsyncDatabase[dict[str, Any]],
 ) -> None:
     store = MongoShareStore(database)
-    record = create_share(
-        PERSONAS["radiologist-a"],
-        ShareRequest("10100000065", NOW + DAY, A1.study_instance_uid),
-        A1,
-        now=NOW,
-        settings=SharingSettings(),
-    )
+    record = _share("radiologist-a", A1)
     await store.create(record)
     with pytest.raises(NotRevocableError):
         await store.revoke(record.share_id, PERSONAS["colleague-a"], NOW)
@@ -199,19 +207,13 @@ async def test_revocation_is_for_the_sharer_or_the_patient_and_idempotent(
     assert revoked.revision == 2
     again = await store.revoke(record.share_id, PERSONAS["radiologist-a"], NOW + timedelta(hours=2))
     assert again == revoked
-    [share] = await store.shares_to("10100000065")
+    [share] = await store.shares_to(GRANTEE)
     assert share.revoked
 
 
 async def test_concurrent_revocations_make_one_change(database: AsyncDatabase[dict[str, Any]]) -> None:
     store = MongoShareStore(database)
-    record = create_share(
-        PERSONAS["patient-1"],
-        ShareRequest("10100000065", NOW + DAY),
-        None,
-        now=NOW,
-        settings=SharingSettings(),
-    )
+    record = _share()
     await store.create(record)
     results = await asyncio.gather(
         *(store.revoke(record.share_id, PERSONAS["patient-1"], NOW) for _ in range(10))
@@ -225,13 +227,7 @@ async def test_no_acknowledged_change_is_lost_when_the_publisher_fails(
     shares, links = MongoShareStore(database), MongoLinkStore(database)
     publisher = RecordingPublisher()
     announcer = ShareAnnouncer(shares, links, publisher)
-    record = create_share(
-        PERSONAS["patient-1"],
-        ShareRequest("10100000065", NOW + DAY),
-        None,
-        now=NOW,
-        settings=SharingSettings(),
-    )
+    record = _share()
     await shares.create(record)
     issued = _link()
     await links.create(issued.link)
@@ -252,13 +248,7 @@ async def test_no_acknowledged_change_is_lost_when_the_publisher_fails(
 
 async def test_a_change_made_while_announcing_stays_pending(database: AsyncDatabase[dict[str, Any]]) -> None:
     shares = MongoShareStore(database)
-    record = create_share(
-        PERSONAS["patient-1"],
-        ShareRequest("10100000065", NOW + DAY),
-        None,
-        now=NOW,
-        settings=SharingSettings(),
-    )
+    record = _share()
     await shares.create(record)
     [pending] = await shares.unannounced(10)
     await shares.revoke(record.share_id, PERSONAS["patient-1"], NOW)
@@ -292,7 +282,7 @@ async def test_opening_counts_uses_and_starts_sessions(database: AsyncDatabase[d
     issued = _link(max_uses=2)
     await links.create(issued.link)
 
-    first = await links.open(issued.secret, birth_date=None, one_time_code=None, now=NOW, settings=FAST)
+    first = await _open(links, issued.secret)
     assert first.opened
     assert first.link is not None
     assert first.link.uses == 1
@@ -303,10 +293,8 @@ async def test_opening_counts_uses_and_starts_sessions(database: AsyncDatabase[d
     stored = repr(await database[LINK_SESSIONS].find().to_list())
     assert session.token[32:] not in stored
 
-    assert (
-        await links.open(issued.secret, birth_date=None, one_time_code=None, now=NOW, settings=FAST)
-    ).opened
-    third = await links.open(issued.secret, birth_date=None, one_time_code=None, now=NOW, settings=FAST)
+    assert (await _open(links, issued.secret)).opened
+    third = await _open(links, issued.secret)
     assert third.refusal is LinkRefusal.EXHAUSTED
     # The last opener's session goes on: a used-up link still backs the sessions it started.
     assert await links.session(session.token, now=NOW) is not None
@@ -327,7 +315,7 @@ async def test_a_wrong_secret_opens_nothing_and_counts_nothing(
     links = MongoLinkStore(database)
     issued = _link(max_uses=1)
     await links.create(issued.link)
-    opening = await links.open(secret_of(issued), birth_date=None, one_time_code=None, now=NOW, settings=FAST)
+    opening = await _open(links, secret_of(issued))
     assert opening.refusal is refusal
     assert await links.get(issued.link.link_id) == issued.link
 
@@ -338,12 +326,7 @@ async def test_ten_concurrent_opens_of_a_single_use_link_open_it_once(
     links = MongoLinkStore(database)
     issued = _link(max_uses=1)
     await links.create(issued.link)
-    openings = await asyncio.gather(
-        *(
-            links.open(issued.secret, birth_date=None, one_time_code=None, now=NOW, settings=FAST)
-            for _ in range(10)
-        )
-    )
+    openings = await asyncio.gather(*(_open(links, issued.secret) for _ in range(10)))
     assert sum(opening.opened for opening in openings) == 1
     assert {opening.refusal for opening in openings if not opening.opened} == {LinkRefusal.EXHAUSTED}
     stored = await links.get(issued.link.link_id)
@@ -358,10 +341,7 @@ async def test_concurrent_second_factor_guesses_are_serialised(
     issued = _link(SecondFactor.ONE_TIME_CODE)
     await links.create(issued.link)
     openings = await asyncio.gather(
-        *(
-            links.open(issued.secret, birth_date=None, one_time_code=f"{guess:08d}", now=NOW, settings=FAST)
-            for guess in range(10)
-        )
+        *(_open(links, issued.secret, one_time_code=f"{guess:08d}") for guess in range(10))
     )
     refusals = [opening.refusal for opening in openings]
     assert refusals.count(LinkRefusal.FACTOR_WRONG) == 1
@@ -379,9 +359,7 @@ async def test_wrong_factors_throttle_then_lock_the_link(database: AsyncDatabase
     at = NOW
 
     async def attempt(birth_date: str | None) -> LinkRefusal | None:
-        opening = await links.open(
-            issued.secret, birth_date=birth_date, one_time_code=None, now=at, settings=settings
-        )
+        opening = await _open(links, issued.secret, birth_date=birth_date, now=at, settings=settings)
         return opening.refusal
 
     assert await attempt(None) is LinkRefusal.FACTOR_MISSING
@@ -406,15 +384,13 @@ async def test_revoked_and_expired_links_refuse_and_end_their_sessions(
     links = MongoLinkStore(database)
     issued = _link()
     await links.create(issued.link)
-    opening = await links.open(issued.secret, birth_date=None, one_time_code=None, now=NOW, settings=FAST)
+    opening = await _open(links, issued.secret)
     assert opening.link is not None
     session = start_session(opening.link, now=NOW, settings=FAST)
     await links.save_session(session)
 
     expiry = issued.link.expires_at
-    assert (
-        await links.open(issued.secret, birth_date=None, one_time_code=None, now=expiry, settings=FAST)
-    ).refusal is (LinkRefusal.EXPIRED)
+    assert (await _open(links, issued.secret, now=expiry)).refusal is LinkRefusal.EXPIRED
     assert await links.session(session.token, now=session.session.expires_at) is None
     forged = session.token[:-1] + ("B" if session.token.endswith("A") else "A")
     assert await links.session(forged, now=NOW) is None
@@ -425,7 +401,7 @@ async def test_revoked_and_expired_links_refuse_and_end_their_sessions(
     assert revoked is not None
     assert revoked.revision == 2
     assert await links.session(session.token, now=NOW) is None
-    refused = await links.open(issued.secret, birth_date=None, one_time_code=None, now=NOW, settings=FAST)
+    refused = await _open(links, issued.secret)
     assert refused.refusal is LinkRefusal.REVOKED
     assert await links.revoke(issued.link.link_id, PERSONAS["patient-1"], NOW + DAY) == revoked
 
@@ -528,13 +504,17 @@ async def gateway(database: AsyncDatabase[dict[str, Any]]) -> AsyncIterator[Gate
 
 
 def _share_body(
-    study: str | None = A1.study_instance_uid, grantee: str = "10100000065", days: int = 30
+    study: str | None = A1.study_instance_uid, grantee: str = GRANTEE, days: int = 30
 ) -> dict[str, Any]:
     return {
         "study_instance_uid": study,
         "grantee_rpps": grantee,
         "expires_at": (NOW + days * DAY).isoformat(),
     }
+
+
+def _link_body(study: str = A1.study_instance_uid, days: int = 1, **extra: Any) -> dict[str, Any]:
+    return {"study_instance_uid": study, "expires_at": (NOW + days * DAY).isoformat(), **extra}
 
 
 def _problem(response: httpx.Response) -> dict[str, Any]:
@@ -549,7 +529,7 @@ async def test_a_radiologist_shares_a_study_of_their_facility(gateway: Gateway) 
     assert response.status_code == 201, response.text
     share = response.json()
     assert share["study_instance_uid"] == A1.study_instance_uid
-    assert share["grantee_rpps"] == "10100000065"
+    assert share["grantee_rpps"] == GRANTEE
     assert share["shared_by_facility"] == FACILITY_A
     assert share["status"] == "active"
     assert not share["all_studies"]
@@ -631,8 +611,7 @@ async def test_revoking_a_share(gateway: Gateway) -> None:
 
 
 async def test_a_share_link_opens_its_study_for_its_uses_only(gateway: Gateway) -> None:
-    body = {"study_instance_uid": A1.study_instance_uid, "expires_at": (NOW + DAY).isoformat(), "max_uses": 1}
-    created = await gateway.request("patient-1", "POST", "/api/v1/share-links", json=body)
+    created = await gateway.request("patient-1", "POST", "/api/v1/share-links", json=_link_body(max_uses=1))
     assert created.status_code == 201, created.text
     link = created.json()
     assert link["url"] == f"/portal/link#{link['secret']}"
@@ -666,8 +645,9 @@ async def test_a_share_link_opens_its_study_for_its_uses_only(gateway: Gateway) 
 
 async def test_every_refused_open_gets_the_same_answer(gateway: Gateway) -> None:
     async def create(**extra: Any) -> dict[str, Any]:
-        body = {"study_instance_uid": A1.study_instance_uid, "expires_at": (NOW + DAY).isoformat(), **extra}
-        response = await gateway.request("radiologist-a", "POST", "/api/v1/share-links", json=body)
+        response = await gateway.request(
+            "radiologist-a", "POST", "/api/v1/share-links", json=_link_body(**extra)
+        )
         assert response.status_code == 201, response.text
         return dict(response.json())
 
@@ -714,15 +694,15 @@ async def test_every_refused_open_gets_the_same_answer(gateway: Gateway) -> None
 
 
 async def test_a_link_to_a_study_one_may_not_share_looks_like_an_unknown_study(gateway: Gateway) -> None:
-    body = {"study_instance_uid": UNKNOWN_UID, "expires_at": (NOW + DAY).isoformat()}
-    unknown = await gateway.request("radiologist-a", "POST", "/api/v1/share-links", json=body)
+    unknown = await gateway.request(
+        "radiologist-a", "POST", "/api/v1/share-links", json=_link_body(UNKNOWN_UID)
+    )
     assert unknown.status_code == 404
     for persona in ("radiologist-b", "nurse-a"):
-        body["study_instance_uid"] = A1.study_instance_uid
-        response = await gateway.request(persona, "POST", "/api/v1/share-links", json=body)
+        response = await gateway.request(persona, "POST", "/api/v1/share-links", json=_link_body())
         assert response.status_code == 404
         assert _problem(response) == _problem(unknown)
-    too_long = {"study_instance_uid": A1.study_instance_uid, "expires_at": (NOW + 31 * DAY).isoformat()}
+    too_long = _link_body(days=31)
     assert (
         await gateway.request("radiologist-a", "POST", "/api/v1/share-links", json=too_long)
     ).status_code == 422
@@ -730,11 +710,7 @@ async def test_a_link_to_a_study_one_may_not_share_looks_like_an_unknown_study(g
 
 async def test_a_birth_date_link_needs_the_record_s_birth_date(gateway: Gateway) -> None:
     gateway.birth_dates[A1.study_instance_uid] = None
-    body = {
-        "study_instance_uid": A1.study_instance_uid,
-        "expires_at": (NOW + DAY).isoformat(),
-        "second_factor": "birth_date",
-    }
+    body = _link_body(second_factor="birth_date")
     response = await gateway.request("radiologist-a", "POST", "/api/v1/share-links", json=body)
     assert response.status_code == 422
     assert "birth date" in _problem(response)["detail"]
@@ -742,8 +718,7 @@ async def test_a_birth_date_link_needs_the_record_s_birth_date(gateway: Gateway)
 
 
 async def test_revoking_a_link_is_for_its_creator_or_the_patient(gateway: Gateway) -> None:
-    body = {"study_instance_uid": A1.study_instance_uid, "expires_at": (NOW + DAY).isoformat()}
-    link = (await gateway.request("radiologist-a", "POST", "/api/v1/share-links", json=body)).json()
+    link = (await gateway.request("radiologist-a", "POST", "/api/v1/share-links", json=_link_body())).json()
     path = f"/api/v1/share-links/{link['link_id']}"
     assert (await gateway.request("colleague-a", "DELETE", path)).status_code == 404
     assert (await gateway.request("radiologist-a", "DELETE", path)).status_code == 204

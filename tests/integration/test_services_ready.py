@@ -24,12 +24,16 @@ def _wait_for(condition: object, timeout: float, what: str) -> None:
     pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
+OWN_CHECKS = {"ingest": {"s3"}, "access": {"consent_view"}}
+"""Dependencies a service checks beyond its database and Kafka."""
+
+
 def test_every_service_is_ready(services: Stack) -> None:
     for name in SERVICES:
         response = _readyz(services, name)
         assert response.status_code == 200, (name, response.text)
         checks = response.json()["checks"]
-        expected = {"mongodb", "kafka"} | ({"s3"} if name == "ingest" else set())
+        expected = {"mongodb", "kafka"} | OWN_CHECKS.get(name, set())
         assert set(checks) == expected
         assert all(status == "ok" for status in checks.values())
         metrics = httpx.get(f"{services.service_url(name)}/metrics", timeout=5).text

@@ -23,6 +23,10 @@ def test_settings_have_the_service_prefix_and_port(
     assert settings.service_name == name
 
 
+OWN_CHECKS = {"ingest": {"s3"}, "access": {"consent_view"}}
+"""Dependencies a service checks beyond its database and Kafka."""
+
+
 @pytest.mark.parametrize("name", SERVICES)
 def test_alive_but_not_ready_before_its_connections_are_open(name: str) -> None:
     app = importlib.import_module(f"emage_{name}.api").create_app()
@@ -30,7 +34,7 @@ def test_alive_but_not_ready_before_its_connections_are_open(name: str) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 503
-    expected = {"mongodb", "kafka"} | ({"s3"} if name == "ingest" else set())
+    expected = {"mongodb", "kafka"} | OWN_CHECKS.get(name, set())
     assert set(ready.json()["failed"]) == expected
     assert "emage_http_requests" in client.get("/metrics").text
     assert client.get("/openapi.json").json()["info"]["title"] == f"e-mage {name}"

@@ -13,6 +13,7 @@ from emage_access.domain.links import (
     LINK_REFUSED_DETAIL,
     CapabilityToken,
     GrantRequestError,
+    IssuedLink,
     LinkRefusal,
     LinkRequest,
     LinkSession,
@@ -61,7 +62,7 @@ def _issue(
     max_uses: int | None = None,
     birth_date: str | None = "19800521",
     principal: Principal = PATIENT,
-):
+) -> IssuedLink:
     request = LinkRequest(STUDY.study_instance_uid, NOW + 7 * DAY, max_uses=max_uses, second_factor=factor)
     return issue_link(principal, request, STUDY, patient_birth_date=birth_date, now=NOW, settings=SETTINGS)
 

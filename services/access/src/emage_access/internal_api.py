@@ -16,9 +16,9 @@ import httpx
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import Response
 
-from emage_access.auth import current_principal
-from emage_access.decisions import AccessDecider, get_decider
-from emage_access.dicomweb_proxy import forward
+from emage_access.auth import Caller, current_caller, current_principal
+from emage_access.decisions import AccessDecider, get_decider, not_found
+from emage_access.dicomweb_proxy import PREFIX, Upstream, forward
 from emage_access.domain.policy import Action
 from emage_access.domain.principal import Principal
 from emage_common.access_contract import PRINCIPAL_HEADER, ForwardedPrincipal
@@ -102,3 +102,30 @@ async def audit(
     return await forward(
         _client(request, AUDIT), request, f"api/v1/audit{path}", _headers(request, principal)
     )
+
+
+@router.get(
+    "/fhir/ImagingStudy/{study}",
+    tags=["FHIR"],
+    summary="A study as a FHIR R4 ImagingStudy (for EHR connectors)",
+    description="Decided like the study's metadata: a study the caller may not read answers 404 like an "
+    "unknown one. The contained Endpoint points at this gateway's `/dicomweb/`.",
+    responses={
+        200: {"content": {"application/fhir+json": {}}},
+        404: {"description": "Unknown or not permitted."},
+    },
+)
+async def imaging_study(
+    study: str,
+    request: Request,
+    caller: Annotated[Caller, Depends(current_caller)],
+    decider: Annotated[AccessDecider, Depends(get_decider)],
+) -> Response:
+    decided = await decider.decide(caller, Action.READ_METADATA, study, request=request)
+    if not decided.allowed:
+        raise not_found()
+    headers = {"Accept": "application/fhir+json", "X-Forwarded-Proto": request.url.scheme}
+    headers["X-Forwarded-Host"] = request.headers.get("host", request.url.netloc)
+    headers["X-Forwarded-Prefix"] = PREFIX
+    clients: dict[Upstream, httpx.AsyncClient] = request.app.state.upstreams
+    return await forward(clients[Upstream.CATALOG], request, f"internal/v1/studies/{study}/fhir", headers)

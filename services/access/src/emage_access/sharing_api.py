@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, TypeVar
 
 from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Request, Response
@@ -50,6 +51,7 @@ from emage_access.domain.links import (
     LinkRequest,
     LinkStatus,
     NotRevocableError,
+    Revocable,
     SecondFactor,
     ShareLink,
     check_link_request,
@@ -135,16 +137,23 @@ Links = Annotated[MongoLinkStore, Depends(_links)]
 BreakGlassGrants = Annotated[MongoBreakGlassStore, Depends(_break_glass)]
 
 
+def _announcer(shares: Shares, links: Links, sink: Sink) -> ShareAnnouncer:
+    return ShareAnnouncer(shares, links, sink)
+
+
+Announcer = Annotated[ShareAnnouncer, Depends(_announcer)]
+
+
 async def announce_pending(app: FastAPI, sink: EventSink) -> int:
     """Publish the share and link changes left unannounced (call at startup, once the stores are set)."""
     return await ShareAnnouncer(app.state.shares, app.state.links, sink).announce_pending()
 
 
-async def _announce(shares: MongoShareStore, links: MongoLinkStore, sink: EventSink) -> None:
+async def _announce(announcer: ShareAnnouncer) -> None:
     # The change is durable and marked unannounced: if Kafka cannot take it now, the next change or the next
     # start publishes it. The caller's request succeeded either way.
     try:
-        await ShareAnnouncer(shares, links, sink).announce_pending()
+        await announcer.announce_pending()
     except (KafkaError, PyMongoError):
         _log.warning("share.changed not published yet; it stays pending", exc_info=True)
 
@@ -153,8 +162,36 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _unprocessable(error: GrantRequestError) -> HTTPException:
-    return HTTPException(422, error.detail)
+@contextmanager
+def _unprocessable_when_refused() -> Iterator[None]:
+    """Answer 422, with the rule's detail, to a request the sharing rules refuse."""
+    try:
+        yield
+    except GrantRequestError as error:
+        raise HTTPException(422, error.detail) from error
+
+
+_Listed = TypeVar("_Listed", bound=Revocable)
+
+
+def _newest_first(found: Iterable[_Listed], identifier: Callable[[_Listed], str]) -> list[_Listed]:
+    """``found`` once each (by ``identifier``), newest first."""
+    unique = {identifier(entry): entry for entry in found}
+    return sorted(unique.values(), key=lambda entry: (entry.created_at, identifier(entry)), reverse=True)
+
+
+async def _revoke(
+    store: MongoShareStore | MongoLinkStore, identifier: str, principal: Principal, announcer: ShareAnnouncer
+) -> Response:
+    """Revoke a share or link and announce it; 404 when unknown or not the caller's to revoke."""
+    try:
+        revoked = await store.revoke(identifier, principal, _now())
+    except NotRevocableError as error:
+        raise not_found() from error
+    if revoked is None:
+        raise not_found()
+    await _announce(announcer)
+    return Response(status_code=204)
 
 
 # --- Shares -------------------------------------------------------------------------------------------------
@@ -259,17 +296,14 @@ async def post_share(
     decider: Decider,
     settings: Limits,
     shares: Shares,
-    links: Links,
-    sink: Sink,
+    announcer: Announcer,
 ) -> ShareOut:
     now = _now()
     share_request = ShareRequest(
         grantee_rpps=body.grantee_rpps, expires_at=body.expires_at, study_instance_uid=body.study_instance_uid
     )
-    try:
+    with _unprocessable_when_refused():
         check_share_request(principal, share_request, now=now, settings=settings)
-    except GrantRequestError as error:
-        raise _unprocessable(error) from error
     decided = await decider.decide(principal, Action.SHARE, body.study_instance_uid, request=request)
     if not decided.allowed:
         if body.study_instance_uid is not None:
@@ -277,7 +311,7 @@ async def post_share(
         raise HTTPException(403, "You may not share these studies.")
     record = create_share(principal, share_request, decided.study, now=now, settings=settings)
     await shares.create(record)
-    await _announce(shares, links, sink)
+    await _announce(announcer)
     return ShareOut.of(record, now)
 
 
@@ -289,8 +323,7 @@ async def get_shares(principal: CurrentPrincipal, shares: Shares) -> ShareList:
     if principal.patient_keys:
         found += await shares.of_patient(principal.patient_keys)
     now = _now()
-    unique = {record.share_id: record for record in found}
-    ordered = sorted(unique.values(), key=lambda record: (record.created_at, record.share_id), reverse=True)
+    ordered = _newest_first(found, lambda record: record.share_id)
     return ShareList(shares=[ShareOut.of(record, now) for record in ordered])
 
 
@@ -306,17 +339,9 @@ async def delete_share(
     share_id: Annotated[str, Path(max_length=128)],
     principal: CurrentPrincipal,
     shares: Shares,
-    links: Links,
-    sink: Sink,
+    announcer: Announcer,
 ) -> Response:
-    try:
-        revoked = await shares.revoke(share_id, principal, _now())
-    except NotRevocableError as error:
-        raise not_found() from error
-    if revoked is None:
-        raise not_found()
-    await _announce(shares, links, sink)
-    return Response(status_code=204)
+    return await _revoke(shares, share_id, principal, announcer)
 
 
 # --- Share links --------------------------------------------------------------------------------------------
@@ -471,9 +496,8 @@ async def post_share_link(
     principal: CurrentPrincipal,
     decider: Decider,
     settings: Limits,
-    shares: Shares,
     links: Links,
-    sink: Sink,
+    announcer: Announcer,
 ) -> ShareLinkCreated:
     now = _now()
     link_request = LinkRequest(
@@ -482,10 +506,8 @@ async def post_share_link(
         max_uses=body.max_uses,
         second_factor=body.second_factor,
     )
-    try:
+    with _unprocessable_when_refused():
         check_link_request(link_request, now=now, settings=settings.links)
-    except GrantRequestError as error:
-        raise _unprocessable(error) from error
     decided = await decider.decide(
         principal, Action.SHARE, body.study_instance_uid, request=request, audit_action="create_link"
     )
@@ -495,7 +517,7 @@ async def post_share_link(
     if body.second_factor is SecondFactor.BIRTH_DATE:
         lookup: PatientBirthDate | None = getattr(request.app.state, "patient_birth_date", None)
         birth_date = await lookup(body.study_instance_uid) if lookup is not None else None
-    try:
+    with _unprocessable_when_refused():
         issued = issue_link(
             principal,
             link_request,
@@ -504,10 +526,8 @@ async def post_share_link(
             now=now,
             settings=settings.links,
         )
-    except GrantRequestError as error:
-        raise _unprocessable(error) from error
     await links.create(issued.link)
-    await _announce(shares, links, sink)
+    await _announce(announcer)
     return ShareLinkCreated(
         **ShareLinkOut.of(issued.link, now).model_dump(),
         url=f"{LINK_URL_PATH}#{issued.secret}",
@@ -522,12 +542,8 @@ async def get_share_links(principal: CurrentPrincipal, links: Links) -> ShareLin
     if principal.patient_keys:
         found += await links.of_patient(principal.patient_keys)
     now = _now()
-    return ShareLinkList(links=[ShareLinkOut.of(link, now) for link in _newest_first(found)])
-
-
-def _newest_first(links: Iterable[ShareLink]) -> list[ShareLink]:
-    unique = {link.link_id: link for link in links}
-    return sorted(unique.values(), key=lambda link: (link.created_at, link.link_id), reverse=True)
+    ordered = _newest_first(found, lambda link: link.link_id)
+    return ShareLinkList(links=[ShareLinkOut.of(link, now) for link in ordered])
 
 
 @router.delete(
@@ -541,18 +557,10 @@ def _newest_first(links: Iterable[ShareLink]) -> list[ShareLink]:
 async def delete_share_link(
     link_id: Annotated[str, Path(max_length=128)],
     principal: CurrentPrincipal,
-    shares: Shares,
     links: Links,
-    sink: Sink,
+    announcer: Announcer,
 ) -> Response:
-    try:
-        revoked = await links.revoke(link_id, principal, _now())
-    except NotRevocableError as error:
-        raise not_found() from error
-    if revoked is None:
-        raise not_found()
-    await _announce(shares, links, sink)
-    return Response(status_code=204)
+    return await _revoke(links, link_id, principal, announcer)
 
 
 @router.post(
@@ -671,11 +679,9 @@ async def post_break_glass(
 ) -> BreakGlassOut:
     now = _now()
     duration = timedelta(minutes=body.duration_minutes)
-    try:
+    with _unprocessable_when_refused():
         justification = normalize_justification(body.justification)
         check_break_glass_duration(duration, settings.policy)
-    except GrantRequestError as error:
-        raise _unprocessable(error) from error
     requested = None
     if principal.rpps is not None:
         requested = request_break_glass(

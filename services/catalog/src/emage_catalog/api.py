@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from emage_catalog import __version__, internal
+from emage_catalog import __version__, fhir, internal
 from emage_catalog.dicomweb import router
 from emage_catalog.handlers import catalog_lifespan
 from emage_catalog.settings import Settings
@@ -18,6 +18,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return build_service_app(
         settings,
         version=__version__,
-        routers=[router, internal.router],
+        routers=[router, internal.router, fhir.router],
         service_lifespan=catalog_lifespan(settings),
     )

@@ -25,9 +25,9 @@ crash or an unavailable broker left unannounced.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Any, Final, Protocol
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
@@ -40,6 +40,7 @@ from emage_access.domain.links import (
     LinkRefusal,
     LinkSession,
     LinkSettings,
+    Revocable,
     SecondFactor,
     SecretDigest,
     ShareLink,
@@ -114,6 +115,93 @@ def _digest_of(document: Document) -> SecretDigest:
     return SecretDigest(salt=bytes(document["salt"]), digest=bytes(document["digest"]))
 
 
+# --- What shares and links store alike ----------------------------------------------------------------------
+
+_Shared = TypeVar("_Shared", bound=Revocable)
+
+
+class _SharedStore(Generic[_Shared]):
+    """A collection of shares or of share links: creation, lookup, revocation, listings, pending changes.
+
+    ``creator`` is the field naming who made an entry; ``to_document``, ``of_document`` and ``revoke`` are the
+    kind's mapping and its domain revocation rule.
+    """
+
+    def __init__(
+        self,
+        collection: AsyncCollection[Document],
+        *,
+        creator: str,
+        to_document: Callable[[_Shared], Document],
+        of_document: Callable[[Document], _Shared],
+        revoke: Callable[[_Shared, Principal, datetime], _Shared],
+    ) -> None:
+        self._collection = collection
+        self._creator = creator
+        self._to_document = to_document
+        self._of_document = of_document
+        self._revoke = revoke
+
+    async def create(self, shared: _Shared) -> None:
+        """Store a new entry, to be announced."""
+        await self._collection.insert_one(self._to_document(shared))
+
+    async def get(self, identifier: str) -> _Shared | None:
+        document = await self._collection.find_one({"_id": identifier})
+        return None if document is None else self._of_document(document)
+
+    async def revoke(self, identifier: str, principal: Principal, now: datetime) -> _Shared | None:
+        """Revoke the entry for ``principal``: the entry as revoked, None when there is no such entry.
+
+        Raises :class:`~emage_access.domain.links.NotRevocableError` when ``principal`` may not revoke it.
+        Revoking a revoked entry returns it unchanged.
+        """
+        current = await self.get(identifier)
+        if current is None:
+            return None
+        revoked = self._revoke(current, principal, now)
+        if revoked is current:
+            return current
+        document = await self._collection.find_one_and_update(
+            {"_id": identifier, "revoked_at": None, "revision": current.revision},
+            {
+                "$set": {
+                    "revoked_at": revoked.revoked_at,
+                    "revoked_by": revoked.revoked_by,
+                    "revision": revoked.revision,
+                    "announced": False,
+                }
+            },
+            return_document=ReturnDocument.AFTER,
+        )
+        if document is None:
+            # Revoked meanwhile by someone else: the entry is revoked all the same.
+            return await self.get(identifier)
+        return self._of_document(document)
+
+    async def created_by(self, subject: str) -> list[_Shared]:
+        """The entries ``subject`` made, newest first."""
+        return await self._find({self._creator: subject})
+
+    async def of_patient(self, patient_keys: Iterable[str]) -> list[_Shared]:
+        """The entries of the record that ``patient_keys`` designate, whoever made them, newest first."""
+        return await self._find({"patient_key": {"$in": sorted(patient_keys)}})
+
+    async def unannounced(self, limit: int) -> list[_Shared]:
+        cursor = self._collection.find(_PENDING).limit(limit)
+        return [self._of_document(document) async for document in cursor]
+
+    async def mark_announced(self, identifier: str, revision: int) -> None:
+        """Mark the change of ``revision`` announced, unless a later change is already waiting."""
+        await self._collection.update_one(
+            {"_id": identifier, "revision": revision}, {"$set": {"announced": True}}
+        )
+
+    async def _find(self, query: Document) -> list[_Shared]:
+        cursor = self._collection.find(query).sort([("created_at", DESCENDING), ("_id", ASCENDING)])
+        return [self._of_document(document) async for document in cursor.limit(LIST_LIMIT)]
+
+
 # --- Shares -------------------------------------------------------------------------------------------------
 
 
@@ -152,77 +240,29 @@ def _share_record(document: Document) -> ShareRecord:
     )
 
 
-class MongoShareStore:
-    """Shares to professionals; the gateway's :class:`~emage_access.ports.ShareStore`."""
+class MongoShareStore(_SharedStore[ShareRecord]):
+    """Shares to professionals; the gateway's :class:`~emage_access.ports.ShareStore`.
+
+    Listed by sharer (:meth:`created_by`), grantee or patient (:meth:`of_patient`), newest first.
+    """
 
     def __init__(self, database: AsyncDatabase[Document]) -> None:
-        self._shares: AsyncCollection[Document] = database[SHARES]
-
-    async def create(self, record: ShareRecord) -> None:
-        """Store a new share, to be announced."""
-        await self._shares.insert_one(_share_document(record))
-
-    async def get(self, share_id: str) -> ShareRecord | None:
-        document = await self._shares.find_one({"_id": share_id})
-        return None if document is None else _share_record(document)
-
-    async def revoke(self, share_id: str, principal: Principal, now: datetime) -> ShareRecord | None:
-        """Revoke the share for ``principal``: the share as revoked, None when there is no such share.
-
-        Raises :class:`~emage_access.domain.links.NotRevocableError` when ``principal`` may not revoke it.
-        Revoking a revoked share returns it unchanged.
-        """
-        current = await self.get(share_id)
-        if current is None:
-            return None
-        revoked = revoke_share(current, principal, now)
-        if revoked is current:
-            return current
-        document = await self._shares.find_one_and_update(
-            {"_id": share_id, "revoked_at": None, "revision": current.revision},
-            {
-                "$set": {
-                    "revoked_at": revoked.revoked_at,
-                    "revoked_by": revoked.revoked_by,
-                    "revision": revoked.revision,
-                    "announced": False,
-                }
-            },
-            return_document=ReturnDocument.AFTER,
+        super().__init__(
+            database[SHARES],
+            creator="shared_by",
+            to_document=_share_document,
+            of_document=_share_record,
+            revoke=revoke_share,
         )
-        if document is None:
-            # Revoked meanwhile by someone else: the share is revoked all the same.
-            return await self.get(share_id)
-        return _share_record(document)
-
-    async def created_by(self, subject: str) -> list[ShareRecord]:
-        """The shares ``subject`` made, newest first."""
-        return await self._find({"shared_by": subject})
 
     async def granted_to(self, grantee_rpps: str) -> list[ShareRecord]:
         """The shares naming ``grantee_rpps``, newest first."""
         return await self._find({"grantee_rpps": grantee_rpps})
 
-    async def of_patient(self, patient_keys: Iterable[str]) -> list[ShareRecord]:
-        """The shares of the record that ``patient_keys`` designate, whoever made them, newest first."""
-        return await self._find({"patient_key": {"$in": sorted(patient_keys)}})
-
     async def shares_to(self, grantee_rpps: str) -> list[Share]:
         """See :meth:`emage_access.ports.ShareStore.shares_to`."""
-        cursor = self._shares.find({"grantee_rpps": grantee_rpps})
+        cursor = self._collection.find({"grantee_rpps": grantee_rpps})
         return [_share_record(document).share async for document in cursor]
-
-    async def unannounced(self, limit: int) -> list[ShareRecord]:
-        cursor = self._shares.find(_PENDING).limit(limit)
-        return [_share_record(document) async for document in cursor]
-
-    async def mark_announced(self, share_id: str, revision: int) -> None:
-        """Mark the change of ``revision`` announced, unless a later change is already waiting."""
-        await self._shares.update_one({"_id": share_id, "revision": revision}, {"$set": {"announced": True}})
-
-    async def _find(self, query: Document) -> list[ShareRecord]:
-        cursor = self._shares.find(query).sort([("created_at", DESCENDING), ("_id", ASCENDING)])
-        return [_share_record(document) async for document in cursor.limit(LIST_LIMIT)]
 
 
 # --- Share links and their sessions -------------------------------------------------------------------------
@@ -281,58 +321,23 @@ def _in_force(now: datetime) -> Document:
     return {"revoked_at": None, "locked_at": None, "expires_at": {"$gt": now}}
 
 
-class MongoLinkStore:
+class MongoLinkStore(_SharedStore[ShareLink]):
     """Share links and the sessions opened on them.
 
-    The gateway's :class:`~emage_access.ports.LinkSessionStore`.
+    The gateway's :class:`~emage_access.ports.LinkSessionStore`. Links are listed by creator
+    (:meth:`created_by`) or patient (:meth:`of_patient`), newest first. Sessions opened on a revoked link stop
+    working at once: :meth:`session` checks the link.
     """
 
     def __init__(self, database: AsyncDatabase[Document]) -> None:
-        self._links: AsyncCollection[Document] = database[SHARE_LINKS]
-        self._sessions: AsyncCollection[Document] = database[LINK_SESSIONS]
-
-    async def create(self, link: ShareLink) -> None:
-        """Store a new link, to be announced."""
-        await self._links.insert_one(_link_document(link))
-
-    async def get(self, link_id: str) -> ShareLink | None:
-        document = await self._links.find_one({"_id": link_id})
-        return None if document is None else _share_link(document)
-
-    async def revoke(self, link_id: str, principal: Principal, now: datetime) -> ShareLink | None:
-        """Revoke the link for ``principal``, as :meth:`MongoShareStore.revoke` does a share.
-
-        Sessions opened on it stop working at once: :meth:`session` checks the link.
-        """
-        current = await self.get(link_id)
-        if current is None:
-            return None
-        revoked = revoke_link(current, principal, now)
-        if revoked is current:
-            return current
-        document = await self._links.find_one_and_update(
-            {"_id": link_id, "revoked_at": None, "revision": current.revision},
-            {
-                "$set": {
-                    "revoked_at": revoked.revoked_at,
-                    "revoked_by": revoked.revoked_by,
-                    "revision": revoked.revision,
-                    "announced": False,
-                }
-            },
-            return_document=ReturnDocument.AFTER,
+        super().__init__(
+            database[SHARE_LINKS],
+            creator="created_by",
+            to_document=_link_document,
+            of_document=_share_link,
+            revoke=revoke_link,
         )
-        if document is None:
-            return await self.get(link_id)
-        return _share_link(document)
-
-    async def created_by(self, subject: str) -> list[ShareLink]:
-        """The links ``subject`` made, newest first."""
-        return await self._find({"created_by": subject})
-
-    async def of_patient(self, patient_keys: Iterable[str]) -> list[ShareLink]:
-        """The links to studies of the record ``patient_keys`` designate, newest first."""
-        return await self._find({"patient_key": {"$in": sorted(patient_keys)}})
+        self._sessions: AsyncCollection[Document] = database[LINK_SESSIONS]
 
     async def open(
         self,
@@ -398,7 +403,7 @@ class MongoLinkStore:
             return None
         if now >= document["expires_at"]:
             return None
-        link = await self._links.find_one(
+        link = await self._collection.find_one(
             {"_id": document["link_id"], "revoked_at": None, "expires_at": {"$gt": now}}, {"_id": 1}
         )
         if link is None:
@@ -411,18 +416,6 @@ class MongoLinkStore:
             expires_at=document["expires_at"],
         )
 
-    async def unannounced(self, limit: int) -> list[ShareLink]:
-        cursor = self._links.find(_PENDING).limit(limit)
-        return [_share_link(document) async for document in cursor]
-
-    async def mark_announced(self, link_id: str, revision: int) -> None:
-        """Mark the change of ``revision`` announced, unless a later change is already waiting."""
-        await self._links.update_one({"_id": link_id, "revision": revision}, {"$set": {"announced": True}})
-
-    async def _find(self, query: Document) -> list[ShareLink]:
-        cursor = self._links.find(query).sort([("created_at", DESCENDING), ("_id", ASCENDING)])
-        return [_share_link(document) async for document in cursor.limit(LIST_LIMIT)]
-
     async def _refusal_now(self, link_id: str, now: datetime, otherwise: LinkRefusal) -> LinkOpening:
         """Why the link cannot be opened as it stands now (after a conditional update missed)."""
         link = await self.get(link_id)
@@ -431,7 +424,7 @@ class MongoLinkStore:
         return LinkOpening(link, link.refusal(now) or otherwise)
 
     async def _claim_attempt(self, link: ShareLink, now: datetime, settings: LinkSettings) -> LinkOpening:
-        document = await self._links.find_one_and_update(
+        document = await self._collection.find_one_and_update(
             {
                 "_id": link.link_id,
                 **_in_force(now),
@@ -450,7 +443,7 @@ class MongoLinkStore:
         current = link
         for _ in range(_MAX_CONFLICT_RETRIES):
             failed = current.after_wrong_factor(now, settings)
-            document = await self._links.find_one_and_update(
+            document = await self._collection.find_one_and_update(
                 {"_id": link.link_id, "failures": current.failures},
                 {
                     "$set": {
@@ -474,7 +467,7 @@ class MongoLinkStore:
         condition: Document = {"_id": link.link_id, **_in_force(now)}
         if link.max_uses is not None:
             condition["uses"] = {"$lt": link.max_uses}
-        document = await self._links.find_one_and_update(
+        document = await self._collection.find_one_and_update(
             condition, {"$inc": {"uses": 1}}, return_document=ReturnDocument.AFTER
         )
         if document is None:
@@ -555,18 +548,21 @@ class ShareAnnouncer:
         """
         announced = 0
         while True:
-            shares = await self._shares.unannounced(self.BATCH)
-            for record in shares:
-                await self._publish(share_changed(record))
-                await self._shares.mark_announced(record.share_id, record.revision)
-            links = await self._links.unannounced(self.BATCH)
-            for link in links:
-                await self._publish(link_changed(link))
-                await self._links.mark_announced(link.link_id, link.revision)
-            announced += len(shares) + len(links)
-            if len(shares) < self.BATCH and len(links) < self.BATCH:
+            shares = await self._announce_batch(self._shares, share_changed)
+            links = await self._announce_batch(self._links, link_changed)
+            announced += shares + links
+            if shares < self.BATCH and links < self.BATCH:
                 return announced
 
-    async def _publish(self, change: ShareChanged) -> None:
-        event = make_event(change, EVENT_SOURCE, subject=change.share_id)
-        await self._sink.publish(SHARE_CHANGED_TOPIC, event)
+    async def _announce_batch(
+        self, store: _SharedStore[_Shared], changed: Callable[[_Shared], ShareChanged]
+    ) -> int:
+        """Publish a batch of ``store``'s unannounced changes and mark them announced; how many there were."""
+        pending = await store.unannounced(self.BATCH)
+        for shared in pending:
+            change = changed(shared)
+            event = make_event(change, EVENT_SOURCE, subject=change.share_id)
+            await self._sink.publish(SHARE_CHANGED_TOPIC, event)
+            # The event's share_id is the share's or the link's identifier.
+            await store.mark_announced(change.share_id, change.revision)
+        return len(pending)

@@ -22,10 +22,10 @@ import hashlib
 import hmac
 import re
 import secrets
-from dataclasses import dataclass, replace
+from dataclasses import Field, dataclass, replace
 from datetime import date, datetime, timedelta
 from enum import StrEnum
-from typing import Final, Literal
+from typing import Any, ClassVar, Final, Literal, Protocol, TypeVar
 
 from emage_access.domain.policy import CONSULTATIVE_ACTIONS, Action, Decision, Reason, StudyAttributes
 from emage_access.domain.principal import Principal, Role
@@ -95,6 +95,50 @@ def may_revoke(created_by: str, patient_key: str, principal: Principal) -> bool:
     The creator may, and so may the patient, whoever shared: it is their record.
     """
     return principal.subject == created_by or patient_key in principal.patient_keys
+
+
+class Revocable(Protocol):
+    """What a share and a share link have alike: one patient's record, a lifetime, revocation, revisions.
+
+    Both are frozen dataclasses (:class:`ShareLink`, :class:`~emage_access.domain.sharing.ShareRecord`).
+    """
+
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
+
+    @property
+    def patient_key(self) -> str: ...
+    @property
+    def shared_by_facility(self) -> str | None: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def expires_at(self) -> datetime: ...
+    @property
+    def revoked_at(self) -> datetime | None: ...
+    @property
+    def revoked_by(self) -> str | None: ...
+    @property
+    def revision(self) -> int: ...
+
+
+_Revocable = TypeVar("_Revocable", bound=Revocable)
+
+
+def revoke(
+    shared: _Revocable, principal: Principal, now: datetime, *, created_by: str, identifier: str
+) -> _Revocable:
+    """``shared`` (made by ``created_by``) revoked by ``principal``; unchanged if already revoked.
+
+    Raises :class:`NotRevocableError` (with ``identifier``) when :func:`may_revoke` says no. Revoking twice
+    is harmless; a revocation is a change, so it takes the next revision.
+    """
+    if not may_revoke(created_by, shared.patient_key, principal):
+        raise NotRevocableError(identifier)
+    if shared.revoked_at is not None:
+        return shared
+    return replace(
+        shared, revoked_at=at_store_precision(now), revoked_by=principal.subject, revision=shared.revision + 1
+    )
 
 
 def at_store_precision(instant: datetime) -> datetime:
@@ -434,13 +478,7 @@ def issue_link(
 
 def revoke_link(link: ShareLink, principal: Principal, now: datetime) -> ShareLink:
     """The link revoked by ``principal``; unchanged if already revoked (revoking twice is harmless)."""
-    if not may_revoke(link.created_by, link.patient_key, principal):
-        raise NotRevocableError(link.link_id)
-    if link.revoked_at is not None:
-        return link
-    return replace(
-        link, revoked_at=at_store_precision(now), revoked_by=principal.subject, revision=link.revision + 1
-    )
+    return revoke(link, principal, now, created_by=link.created_by, identifier=link.link_id)
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,18 +23,18 @@ from __future__ import annotations
 
 import re
 import secrets
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Final, Literal
 
 from emage_access.domain.links import (
     GrantRequestError,
     LinkSettings,
-    NotRevocableError,
+    Revocable,
     ShareLink,
     at_store_precision,
     check_expiry,
-    may_revoke,
+    revoke,
 )
 from emage_access.domain.policy import DEFAULT_SETTINGS, BreakGlass, PolicySettings, Share, StudyAttributes
 from emage_access.domain.principal import Principal, Role
@@ -169,13 +169,7 @@ def create_share(
 
 def revoke_share(record: ShareRecord, principal: Principal, now: datetime) -> ShareRecord:
     """The share revoked by ``principal``; unchanged if already revoked (revoking twice is harmless)."""
-    if not may_revoke(record.shared_by, record.patient_key, principal):
-        raise NotRevocableError(record.share_id)
-    if record.revoked_at is not None:
-        return record
-    return replace(
-        record, revoked_at=at_store_precision(now), revoked_by=principal.subject, revision=record.revision + 1
-    )
+    return revoke(record, principal, now, created_by=record.shared_by, identifier=record.share_id)
 
 
 # --- share.changed ------------------------------------------------------------------------------------------
@@ -189,38 +183,52 @@ def _change_status(expires_at: datetime, revoked_at: datetime | None, changed_at
 
 def share_changed(record: ShareRecord) -> ShareChanged:
     """The ``share.changed`` event of the share's latest change (its creation or revocation)."""
-    changed_at = record.revoked_at or record.created_at
     uid = record.study_instance_uid
-    return ShareChanged(
+    return _latest_change(
+        record,
         share_id=record.share_id,
-        revision=record.revision,
-        patient_key=record.patient_key,
-        study_instance_uids=() if uid is None else (uid,),
-        all_studies=uid is None,
         shared_by=record.shared_by,
-        shared_by_facility=record.shared_by_facility,
-        changed_by=record.revoked_by if record.revoked_at is not None else record.shared_by,
+        study_instance_uids=() if uid is None else (uid,),
         recipient=ProfessionalRecipient(rpps=record.grantee_rpps),
-        status=_change_status(record.expires_at, record.revoked_at, changed_at),
-        expires_at=record.expires_at,
-        changed_at=changed_at,
     )
 
 
 def link_changed(link: ShareLink) -> ShareChanged:
     """The ``share.changed`` event of the link's latest change; it carries the link's id, never its secret."""
-    changed_at = link.revoked_at or link.created_at
-    return ShareChanged(
+    return _latest_change(
+        link,
         share_id=link.link_id,
-        revision=link.revision,
-        patient_key=link.patient_key,
-        study_instance_uids=(link.study_instance_uid,),
         shared_by=link.created_by,
-        shared_by_facility=link.shared_by_facility,
-        changed_by=link.revoked_by if link.revoked_at is not None else link.created_by,
+        study_instance_uids=(link.study_instance_uid,),
         recipient=LinkRecipient(link_id=link.link_id),
-        status=_change_status(link.expires_at, link.revoked_at, changed_at),
-        expires_at=link.expires_at,
+    )
+
+
+def _latest_change(
+    shared: Revocable,
+    *,
+    share_id: str,
+    shared_by: str,
+    study_instance_uids: tuple[str, ...],
+    recipient: ProfessionalRecipient | LinkRecipient,
+) -> ShareChanged:
+    """The event of a share's or link's creation by ``shared_by``, or of its revocation once revoked.
+
+    No study listed: all the patient's studies.
+    """
+    changed_at = shared.revoked_at or shared.created_at
+    return ShareChanged(
+        share_id=share_id,
+        revision=shared.revision,
+        patient_key=shared.patient_key,
+        study_instance_uids=study_instance_uids,
+        all_studies=not study_instance_uids,
+        shared_by=shared_by,
+        shared_by_facility=shared.shared_by_facility,
+        changed_by=shared.revoked_by if shared.revoked_at is not None else shared_by,
+        recipient=recipient,
+        status=_change_status(shared.expires_at, shared.revoked_at, changed_at),
+        expires_at=shared.expires_at,
         changed_at=changed_at,
     )
 
