@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from aiokafka.errors import KafkaTimeoutError
 
-from emage_access.decisions import AccessDecider, AuditUnavailableError, wire_scope
+from emage_access.decisions import DECISIONS, AccessDecider, AuditUnavailableError, wire_scope
 from emage_access.domain.consent_view import InMemoryConsentView
 from emage_access.domain.links import LinkSession
 from emage_access.domain.policy import (
@@ -126,6 +126,14 @@ async def test_an_allowed_decision_is_audited_once_with_its_basis() -> None:
         STUDY.patient_key,
     )
     assert producer.sent[0][2] == STUDY.patient_key.encode()  # keyed by patient: per-patient order
+
+
+async def test_decisions_are_counted_by_action_outcome_and_reason() -> None:
+    counted = DECISIONS.labels("retrieve", "deny", "no_relationship")
+    before = counted._value.get()
+    decider = await _decider(Producer())
+    await decider.decide(RADIOLOGIST_B, Action.RETRIEVE, STUDY.study_instance_uid, request=_request())
+    assert counted._value.get() == before + 1
 
 
 async def test_unknown_and_forbidden_are_both_denied_and_audited() -> None:

@@ -130,7 +130,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = build_service_app(
         settings,
         version=__version__,
-        routers=[router, sharing_api.router, internal_api.router, dicomweb_router],
+        routers=[router, sharing_api.router, internal_api.router, internal_api.fhir_router, dicomweb_router],
         service_lifespan=gateway_lifespan,
         readiness={"consent_view": consent_view_ready},
     )

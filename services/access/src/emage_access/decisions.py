@@ -20,6 +20,7 @@ from typing import Final
 
 from aiokafka.errors import KafkaError
 from fastapi import HTTPException, Request
+from prometheus_client import Counter
 
 from emage_access.domain.consent_view import ConsentView
 from emage_access.domain.links import LinkSession, decide_link
@@ -45,6 +46,13 @@ from emage_common.kafka import EventPublisher
 _log = logging.getLogger(__name__)
 
 SOURCE: Final = "/emage/access"
+
+DECISIONS = Counter(
+    "emage_access_decisions",
+    "Access decisions audited, by action, outcome and machine reason.",
+    ["action", "outcome", "reason"],
+)
+"""``emage_access_decisions_total``: denials by reason show probing and misconfigured grants at a glance."""
 NOT_FOUND_DETAIL: Final = "No such study, series or instance."
 
 
@@ -264,6 +272,7 @@ class AccessDecider:
         except KafkaError as error:
             _log.error("access.decided could not be published: %s", error)
             raise AuditUnavailableError from error
+        DECISIONS.labels(action, data.decision, decision.reason).inc()
 
 
 def wire_scope(scope: SearchScope) -> WireSearchScope:

@@ -25,9 +25,10 @@ under a study or series)                                      search           c
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Annotated, Final
+from typing import Annotated, Any, Final
 
 import httpx
 from fastapi import APIRouter, Depends, HTTPException, Request
@@ -128,6 +129,26 @@ _DROPPED_RESPONSE_HEADERS: Final = frozenset(
 
 router = APIRouter(prefix=PREFIX, tags=["DICOMweb"])
 
+
+def route_each_method(
+    target: APIRouter, path: str, methods: list[str], **options: Any
+) -> Callable[[Callable[..., Awaitable[Response]]], Callable[..., Awaitable[Response]]]:
+    """Register an endpoint for each method as its own operation (one OpenAPI operation id per method)."""
+
+    def register(endpoint: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
+        for method in methods:
+            target.add_api_route(
+                path,
+                endpoint,
+                methods=[method],
+                operation_id=f"{endpoint.__name__}_{method.lower()}",
+                **options,
+            )
+        return endpoint
+
+    return register
+
+
 _DESCRIPTION: Final = (
     "DICOMweb (PS3.18): QIDO-RS, WADO-RS (metadata, instances, frames, bulk data, rendered, thumbnails) and "
     "STOW-RS. Every request is decided by the access policy and audited; a study the caller may not reach "
@@ -136,9 +157,10 @@ _DESCRIPTION: Final = (
 )
 
 
-@router.api_route(
+@route_each_method(
+    router,
     "/{path:path}",
-    methods=["GET", "HEAD", "POST"],
+    ["GET", "HEAD", "POST"],
     summary="DICOMweb resources (PS3.18), decided and audited",
     description=_DESCRIPTION,
     responses={

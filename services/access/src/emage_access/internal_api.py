@@ -18,7 +18,7 @@ from fastapi.responses import Response
 
 from emage_access.auth import Caller, current_caller, current_principal
 from emage_access.decisions import AccessDecider, get_decider, not_found
-from emage_access.dicomweb_proxy import PREFIX, Upstream, forward
+from emage_access.dicomweb_proxy import PREFIX, Upstream, forward, route_each_method
 from emage_access.domain.policy import Action
 from emage_access.domain.principal import Principal
 from emage_common.access_contract import PRINCIPAL_HEADER, ForwardedPrincipal
@@ -61,9 +61,10 @@ def _client(request: Request, name: str) -> httpx.AsyncClient:
 _METHODS: Final = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 
-@router.api_route(
+@route_each_method(
+    router,
     "/consents{path:path}",
-    methods=_METHODS,
+    _METHODS,
     tags=["consents"],
     summary="Patients' consents and oppositions (served by the consent service)",
     description="See the consent service's OpenAPI document for the operations; the gateway authenticates "
@@ -79,9 +80,10 @@ async def consents(
     )
 
 
-@router.api_route(
+@route_each_method(
+    router,
     "/audit{path:path}",
-    methods=["GET", "POST"],
+    ["GET", "POST"],
     tags=["audit"],
     summary="The audit trail: a patient's access log, the DPO's queries, chain verification",
     description="Served by the audit service. Patients read their own access log; the DPO reads and "
@@ -104,8 +106,12 @@ async def audit(
     )
 
 
-@router.get(
-    "/fhir/ImagingStudy/{study}",
+fhir_router = APIRouter(prefix="/fhir")
+"""FHIR resources of the platform, at ``/fhir`` (outside ``/api/v1``, where FHIR clients look)."""
+
+
+@fhir_router.get(
+    "/ImagingStudy/{study}",
     tags=["FHIR"],
     summary="A study as a FHIR R4 ImagingStudy (for EHR connectors)",
     description="Decided like the study's metadata: a study the caller may not read answers 404 like an "

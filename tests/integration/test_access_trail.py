@@ -1,15 +1,21 @@
 """Every access decision the gateway makes appears exactly once in the audit trail, and the trail is read
-through the gateway: the patient their own log in French, the DPO everything, nobody else anything."""
+through the gateway: the patient their own log in French, the DPO everything, nobody else anything.
+
+Named to run after the other ``test_access_*`` modules: its last test checks that every decision they
+caused reached the trail."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import httpx
 import pytest
+from aiokafka import AIOKafkaConsumer
 from gateway_world import FACILITY_A, RPPS, Tokens, World, await_catalogued, get, publish_study
 from pydicom.uid import generate_uid
 
+from emage_common.events import ACCESS_DECIDED_TOPIC, CloudEvent
 from emage_devstack.stack import Stack
 
 pytestmark = pytest.mark.integration
@@ -70,3 +76,54 @@ def test_each_decision_is_in_the_audit_trail_exactly_once(
     assert verified.status_code == 200, verified.text
     assert verified.json()["valid"] is True
     assert gateway.get(f"/api/v1/audit/records?study={generate_uid()}", headers=dpo).json() == []
+
+
+async def _decision_event_ids(bootstrap: str) -> list[str]:
+    consumer = AIOKafkaConsumer(
+        ACCESS_DECIDED_TOPIC, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        for _ in range(300):
+            if consumer.assignment():
+                break
+            await asyncio.sleep(0.1)
+        partitions = sorted(consumer.assignment())
+        end = await consumer.end_offsets(partitions)
+        ids: list[str] = []
+        while not all([await consumer.position(tp) >= end[tp] for tp in partitions]):
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                ids.extend(CloudEvent.from_bytes(record.value).id for record in records)
+        return ids
+    finally:
+        await consumer.stop()
+
+
+def test_every_decision_of_the_access_tests_is_in_the_trail_exactly_once(
+    tokens: Tokens, gateway: httpx.Client, services: Stack
+) -> None:
+    """Runs after the other gateway modules (file order): every access.decided they caused, in the trail."""
+    published = asyncio.run(_decision_event_ids(services.kafka.bootstrap_servers))
+    assert len(published) == len(set(published)), "the gateway published a decision twice"
+    dpo = _auth(tokens("dpo"))
+
+    def audited() -> list[str]:
+        ids: list[str] = []
+        while True:
+            page = gateway.get(
+                f"/api/v1/audit/records?type=fr.emage.access.decided.v1&limit=500&offset={len(ids)}",
+                headers=dpo,
+            )
+            assert page.status_code == 200, page.text
+            ids.extend(record["event_id"] for record in page.json())
+            if len(ids) >= int(page.headers["X-Total-Count"]) or not page.json():
+                return ids
+
+    deadline = time.monotonic() + 120
+    trail = audited()
+    while not set(published) <= set(trail):
+        assert time.monotonic() < deadline, f"{len(set(published) - set(trail))} decisions not in the trail"
+        time.sleep(0.5)
+        trail = audited()
+    assert len(trail) == len(set(trail)), "a decision is in the trail twice"
+    assert published, "the tests before this one made decisions"
