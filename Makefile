@@ -28,9 +28,11 @@ bootstrap: $(UV)
 provision: bootstrap
 	$(PY) -m emage_devstack provision
 
-# dcmtk (echoscu, storescu, dcmcjpeg…): the third-party DIMSE SCUs of the integration tests, from Debian.
+# dcmtk (echoscu, storescu, dcmcjpeg…): the third-party DIMSE SCUs of the integration tests, and Orthanc with
+# its DICOMweb plugin: the hospital PACS acquisition events pull from. All from Debian.
 dicom-tools:
-	command -v storescu >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends dcmtk; }
+	command -v storescu >/dev/null && test -x /usr/sbin/Orthanc && test -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so \
+	  || { apt-get update -qq && apt-get install -y -qq --no-install-recommends dcmtk orthanc orthanc-dicomweb; }
 
 run: provision
 	exec $(PY) -m emage_devstack up --profile run

@@ -41,6 +41,7 @@ from pydantic import (
     StrictInt,
     StrictStr,
     ValidationError,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -312,40 +313,72 @@ class EventData(_Frozen):
         """The Kafka record key: events with the same key are totally ordered (one partition)."""
 
 
+_UID_PATTERN: Final = r"^(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*$"
+"""PS3.5 §9.1 as a JSON Schema pattern, for the published schema of events carrying a UID."""
+
+
 class DicomWebSource(_Frozen):
-    """A PACS reachable through DICOMweb WADO-RS (PS3.18 §10.4)."""
+    """A PACS reachable through DICOMweb: QIDO-RS to find the study, WADO-RS to retrieve it (PS3.18 §10.4)."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
 
     kind: Literal["dicomweb"] = "dicomweb"
     base_url: HttpUrl
-    """The DICOMweb service base URL (PS3.18 §8.2), e.g. ``https://pacs.example.fr/dicom-web``."""
+    """The DICOMweb service base URL (PS3.18 §8.2), e.g. ``https://pacs.example.fr/dicom-web``. e-mage
+    pulls only from base URLs configured for the facility, with the credentials configured for them."""
 
 
 class DimseSource(_Frozen):
-    """A PACS reachable through DIMSE C-GET/C-MOVE (PS3.4 Annex C) as an Application Entity."""
+    """A PACS reachable through DIMSE as an Application Entity: C-FIND to find the study, then C-GET or
+    C-MOVE to retrieve it (PS3.4 Annex C, Study Root Query/Retrieve Information Model)."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
 
     kind: Literal["dimse"] = "dimse"
     ae_title: AeTitle
+    """The PACS' AE title (the Called AE Title of the associations e-mage opens)."""
     host: Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9.:\-]{1,253}$")]
+    """Host name or IP address of the PACS."""
     port: Annotated[StrictInt, Field(ge=1, le=65535)]
+    """TCP port of the PACS' DIMSE service."""
+    retrieve: Literal["c-get", "c-move"] = "c-get"
+    """How to retrieve: C-GET (the instances come back on e-mage's association) or C-MOVE (the PACS sends
+    them to e-mage's C-STORE SCP, which it must know as a move destination)."""
 
 
 class Acquisition(EventData):
-    """A facility announces a study to fetch from its PACS (the imaging order is fulfilled)."""
+    """A facility announces an acquired exam: e-mage pulls the study from the facility's PACS and records
+    who ordered and who performed it (the care relationships of the access policy)."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
 
     event_type: ClassVar[str] = "fr.emage.acquisition.v1"
     topic: ClassVar[str] = ACQUISITION_TOPIC
 
     facility_finess: FinessId
+    """FINESS of the facility that performed the exam, and owns the study in e-mage."""
     accession_number: ShortString
     """Accession Number (0008,0050) of the imaging order in the facility's RIS."""
     patient: PatientIdentity
+    """The patient as the facility identifies them: the Patient ID and Issuer of Patient ID of the study's
+    DICOM headers (the facility's FINESS as issuer when the headers have none), plus the INS if qualified."""
     referring_physician_rpps: RppsId | None = None
     """RPPS of the physician who ordered the exam (the referring physician may read it)."""
-    performing_technician: LongString
-    """The imaging technician who acquired the study, as the facility identifies them."""
-    study_instance_uid: DicomUid | None = None
-    """Study Instance UID (0020,000D), when the RIS already knows it."""
+    performing_technician_rpps: RppsId | None = None
+    """RPPS of the imaging technician who acquired the study (who may read and correct it)."""
+    performing_technician: LongString | None = None
+    """The technician's name as the facility displays it; informative only, never used for access."""
+    study_instance_uid: (
+        Annotated[
+            DicomUid,
+            WithJsonSchema({"type": "string", "maxLength": UID_MAX_LENGTH, "pattern": _UID_PATTERN}),
+        ]
+        | None
+    ) = None
+    """Study Instance UID (0020,000D), when the RIS already knows it; otherwise the study is found at the
+    source by accession number and Patient ID."""
     source: Annotated[DicomWebSource | DimseSource, Field(discriminator="kind")]
+    """Where the study is to be fetched from; it must be one of the facility's configured sources."""
 
     def partition_key(self) -> str:
         """The Study Instance UID, else the facility's accession number (one order, one partition)."""

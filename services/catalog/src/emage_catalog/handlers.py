@@ -1,6 +1,7 @@
-"""Event entrypoints of the catalog: the ``instance.stored`` consumer and the ``study.changed`` announcer.
+"""Event entrypoints of the catalog: the ``instance.stored`` consumer, the ``acquisition`` consumer (care
+relationships announced by the facilities) and the ``study.changed`` announcer.
 
-Both run for the life of the service, inside the runtime's lifespan (:func:`catalog_lifespan`): they start
+All run for the life of the service, inside the runtime's lifespan (:func:`catalog_lifespan`): they start
 once MongoDB and the Kafka publisher are open and stop before those close, the consumer committing what it
 handled.
 """
@@ -15,9 +16,16 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from emage_catalog.adapters.mongo import MongoCatalogStore
+from emage_catalog.adapters.orders import MongoOrderStore
 from emage_catalog.service import CatalogService, StudyAnnouncer
 from emage_catalog.settings import Settings
-from emage_common.events import INSTANCE_STORED_TOPIC, CloudEvent, InstanceStored
+from emage_common.events import (
+    ACQUISITION_TOPIC,
+    INSTANCE_STORED_TOPIC,
+    Acquisition,
+    CloudEvent,
+    InstanceStored,
+)
 from emage_common.kafka import ConsumerRecordMeta, ConsumerRunner, EventHandler
 from emage_common.runtime import ServiceLifespan, ServiceRuntime
 
@@ -35,6 +43,21 @@ def instance_stored_handler(service: CatalogService) -> EventHandler:
     return on_instance_stored
 
 
+def acquisition_handler(service: CatalogService) -> EventHandler:
+    """The handler of ``emage.acquisition.v1`` records: record the care relationships of the order.
+
+    The announcement's time is the event's ``time``, else the record's timestamp. Invalid events, and events
+    naming another facility's or patient's study, are dead-lettered (the catalog's group on the DLQ headers).
+    """
+
+    async def on_acquisition(event: CloudEvent, meta: ConsumerRecordMeta) -> None:
+        await service.record_acquisition(
+            event.data_as(Acquisition), event_id=event.id, announced_at=event.time or meta.timestamp
+        )
+
+    return on_acquisition
+
+
 def catalog_lifespan(settings: Settings) -> ServiceLifespan:
     """The catalog service, its consumer and its announcer, inside the runtime's lifespan.
 
@@ -44,11 +67,13 @@ def catalog_lifespan(settings: Settings) -> ServiceLifespan:
     @asynccontextmanager
     async def lifespan(app: FastAPI, runtime: ServiceRuntime) -> AsyncIterator[None]:
         store = MongoCatalogStore(runtime.database)
+        orders = MongoOrderStore(runtime.database)
         await store.ensure_indexes()
+        await orders.ensure_indexes()
         announcer = StudyAnnouncer(
             store, runtime.publisher, debounce_seconds=settings.study_changed_debounce_seconds
         )
-        service = CatalogService(store, on_study_changed=announcer.wake)
+        service = CatalogService(store, on_study_changed=announcer.wake, orders=orders)
         app.state.catalog = service
         consumer = ConsumerRunner.from_settings(
             settings,
@@ -57,13 +82,24 @@ def catalog_lifespan(settings: Settings) -> ServiceLifespan:
             handler=instance_stored_handler(service),
             dlq_publisher=runtime.publisher,
         )
+        # A group of its own: a slow or failing announcement never holds up the catalog of instances.
+        care_consumer = ConsumerRunner.from_settings(
+            settings,
+            topics=[ACQUISITION_TOPIC],
+            group_id=settings.care_consumer_group,
+            handler=acquisition_handler(service),
+            dlq_publisher=runtime.publisher,
+        )
         await consumer.start()
         runtime.watch_consumer(consumer)
+        await care_consumer.start()
+        runtime.watch_consumer(care_consumer)
         announcing = asyncio.create_task(announcer.run(), name="study-changed-announcer")
         try:
             yield
         finally:
             try:
+                await care_consumer.stop()
                 await consumer.stop()
             finally:
                 announcing.cancel()

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
-from emage_catalog.domain.care import CareAttributes
+from emage_catalog.domain.care import CareAttributes, OrderedCare, StudyOwner, with_ordered_care
 from emage_catalog.domain.dicom import DicomJson
 from emage_catalog.domain.levels import QueryLevel
 from emage_catalog.domain.matching import QUERY_KEYS
 from emage_catalog.domain.model import (
+    CatalogConflictError,
     CatalogEntry,
     IndexFields,
     InstancePlacement,
@@ -26,6 +27,7 @@ from emage_catalog.domain.model import (
     SeriesTotals,
     StudySnapshot,
     StudyState,
+    accession_number_of,
     catalog_entry,
     check_consistency,
     index_fields,
@@ -37,7 +39,7 @@ from emage_catalog.domain.model import (
 from emage_catalog.domain.query import SearchQuery
 from emage_catalog.domain.results import Hit, ResultShape, resolve_bulk_data, result_dataset, result_shape
 from emage_common.access_contract import StudyAccessAttributes
-from emage_common.events import STUDY_CHANGED_TOPIC, CloudEvent, InstanceStored, make_event
+from emage_common.events import STUDY_CHANGED_TOPIC, Acquisition, CloudEvent, InstanceStored, make_event
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +104,25 @@ class CatalogStore(Protocol):
     ) -> AsyncIterator[Mapping[str, Any]]: ...
 
 
+class OrderStore(Protocol):
+    """The orders facilities announced (``emage.acquisition.v1``) and their care relationships applied to
+    studies (:class:`~emage_catalog.adapters.orders.MongoOrderStore`)."""
+
+    async def record_order(self, ordered: OrderedCare) -> tuple[OrderedCare, OrderedCare | None]: ...
+
+    async def ordered_care(
+        self, study_instance_uid: str, facility_finess: str, accession_number: str | None
+    ) -> OrderedCare | None: ...
+
+    async def studies_of_order(self, ordered: OrderedCare) -> list[StudyOwner]: ...
+
+    async def absorb_ordered_care(self, study_instance_uid: str, ordered: OrderedCare) -> None: ...
+
+    async def dicom_care(self, study_instance_uid: str) -> CareAttributes | None: ...
+
+    async def replace_care(self, study_instance_uid: str, care: CareAttributes) -> None: ...
+
+
 class EventSink(Protocol):
     """Where ``study.changed`` events go (:class:`emage_common.kafka.EventPublisher`)."""
 
@@ -128,9 +149,16 @@ def _keys_of(index: IndexFields, level: QueryLevel) -> IndexFields:
 class CatalogService:
     """Records stored instances and answers searches and metadata requests."""
 
-    def __init__(self, store: CatalogStore, *, on_study_changed: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        store: CatalogStore,
+        *,
+        on_study_changed: Callable[[], None],
+        orders: OrderStore | None = None,
+    ) -> None:
         self._store = store
         self._on_study_changed = on_study_changed
+        self._orders = orders
 
     async def record_instance(self, stored: InstanceStored, *, revision: int) -> None:
         """Catalog a stored instance; its series and study are re-derived from what the catalog holds.
@@ -144,6 +172,7 @@ class CatalogService:
         entry = catalog_entry(stored)
         study, series, instance = await self._store.states(entry)
         check_consistency(entry, study=study, series=series, instance=instance)
+        ordered = await self._ordered_care_of(entry)
 
         # The instance first, with the higher-level keys known so far, so that it counts in the totals below.
         inherited = series.index if series is not None else study.index if study is not None else {}
@@ -163,7 +192,7 @@ class CatalogService:
         # The care attributes go with the study's keys, and are copied below it with them.
         study_index = {
             **index_fields(study_attributes, QueryLevel.STUDY),
-            **study_care(entry, summaries).fields(),
+            **study_care(entry, summaries, ordered).fields(),
         }
         next_revision = max(revision, 0 if study is None else study.revision)
         pending = study is None or next_revision > study.revision or study.announcement_pending
@@ -192,6 +221,72 @@ class CatalogService:
         )
         if pending:
             self._on_study_changed()
+
+        # The order may have been announced while this instance was being recorded, its relationships then
+        # overwritten above: the order store is read again after writing, so that one of the two consumers
+        # always sees the other's write (each writes before it reads), and applies the order.
+        latest = await self._ordered_care_of(entry)
+        if latest is not None and (ordered is None or latest.event_id != ordered.event_id):
+            await self._apply_order(entry.study_instance_uid, latest, superseded=ordered)
+
+    async def record_acquisition(
+        self, acquisition: Acquisition, *, event_id: str, announced_at: datetime
+    ) -> None:
+        """Record the care relationships an acquisition event announces, and merge them into its study.
+
+        The order's latest announcement is kept (:meth:`OrderStore.record_order`) and applied to the study
+        if it is catalogued already; otherwise :meth:`record_instance` merges it when the study arrives.
+        Applying an announcement again, or an older one, changes nothing. Raises
+        :class:`~emage_catalog.domain.model.CatalogConflictError` when the study the event names belongs to
+        another facility or patient: no relationship is granted on it.
+        """
+        if self._orders is None:
+            return
+        announced = OrderedCare.of(acquisition, event_id=event_id, announced_at=announced_at)
+        current, superseded = await self._orders.record_order(announced)
+        refused = []
+        for owner in await self._orders.studies_of_order(current):
+            if not current.concerns(owner.facility_finess, owner.patient):
+                refused.append(owner.study_instance_uid)
+                continue
+            await self._apply_order(owner.study_instance_uid, current, superseded=superseded)
+        if refused:
+            raise CatalogConflictError(
+                f"order {current.order_key} of patient {current.patient_id!r} names study "
+                f"{', '.join(refused)}, which is another facility's or another patient's"
+            )
+
+    async def _ordered_care_of(self, entry: CatalogEntry) -> OrderedCare | None:
+        if self._orders is None:
+            return None
+        ordered = await self._orders.ordered_care(
+            entry.study_instance_uid, entry.facility_finess, accession_number_of(entry)
+        )
+        if ordered is not None and not ordered.concerns(entry.facility_finess, entry.patient):
+            logger.warning(
+                "order %s does not concern study %s (another facility or patient); not applied",
+                ordered.order_key,
+                entry.study_instance_uid,
+            )
+            return None
+        return ordered
+
+    async def _apply_order(
+        self, study_instance_uid: str, ordered: OrderedCare, *, superseded: OrderedCare | None
+    ) -> None:
+        """Merge ``ordered``'s relationships into the study's care attributes, at every level.
+
+        Adding is an update independent of what the documents hold, so it commutes with concurrent
+        writes of the study. A corrected order that withdraws a relationship recomputes the study's care
+        from its headers and the order instead.
+        """
+        assert self._orders is not None
+        if not ordered.withdraws_from(superseded):
+            await self._orders.absorb_ordered_care(study_instance_uid, ordered)
+            return
+        headers = await self._orders.dicom_care(study_instance_uid)
+        if headers is not None:
+            await self._orders.replace_care(study_instance_uid, with_ordered_care(headers, ordered))
 
     async def search(self, query: SearchQuery, base_url: str) -> SearchPage:
         """QIDO-RS: the page of results ``query`` asks for and the total number of matches.

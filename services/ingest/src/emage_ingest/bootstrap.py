@@ -10,7 +10,7 @@ import base64
 import os
 import socket
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -21,6 +21,7 @@ from emage_ingest.adapters.archive import InstanceArchive
 from emage_ingest.adapters.crypto import KeyEncryptionKey, KeyRing, StudyKeyStore
 from emage_ingest.adapters.repository import STUDY_KEYS, InstanceIndex, Outbox
 from emage_ingest.dimse import start_dimse_scp
+from emage_ingest.handlers import acquisition_consumer
 from emage_ingest.relay import OutboxRelay
 from emage_ingest.service import IngestService
 from emage_ingest.settings import Settings
@@ -90,7 +91,8 @@ async def open_components(settings: Settings, runtime: ServiceRuntime) -> Ingest
 
 
 def ingest_lifespan(settings: Settings) -> ServiceLifespan:
-    """The ingest components, the outbox relay and the DIMSE listener, inside the runtime's lifespan."""
+    """The ingest components, the outbox relay, the DIMSE listener and the acquisition consumer (pulls),
+    inside the runtime's lifespan. The consumer stops first: a C-MOVE it waits for needs the listener."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI, runtime: ServiceRuntime) -> AsyncIterator[None]:
@@ -99,7 +101,12 @@ def ingest_lifespan(settings: Settings) -> ServiceLifespan:
         components.relay.start()
         dimse = start_dimse_scp(components.service, settings) if settings.dimse_enabled else None
         try:
-            yield
+            async with AsyncExitStack() as pulls:
+                if settings.pull_enabled:
+                    await pulls.enter_async_context(
+                        acquisition_consumer(settings, runtime, components.service, components.index)
+                    )
+                yield
         finally:
             if dimse is not None:
                 await dimse.stop()

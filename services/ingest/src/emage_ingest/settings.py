@@ -12,6 +12,7 @@ from pydantic_settings import SettingsConfigDict
 from emage_common.events import FinessId
 from emage_common.settings import S3Settings, ServiceSettings
 from emage_ingest.domain.conflict import ConflictPolicy
+from emage_ingest.domain.sources import FacilitySources, PullRetryPolicy
 
 GIB = 1024**3
 
@@ -86,6 +87,32 @@ class Settings(S3Settings, ServiceSettings):
     """How long a store waits for Kafka before leaving its event to the outbox relay."""
     outbox_poll_seconds: float = Field(default=1.0, gt=0)
     outbox_lease_seconds: float = Field(default=30.0, gt=0)
+
+    pull_enabled: bool = True
+    """Consume ``emage.acquisition.v1`` and pull the announced studies from the facilities' PACS."""
+    pull_consumer_group: str = Field(default="ingest-pull", min_length=1)
+    pull_sources: dict[FinessId, FacilitySources] = Field(default_factory=dict)
+    """FINESS → the sources its studies may be pulled from, with their credentials (JSON object, a secret):
+    ``{"750000001": {"dicomweb": [{"base_url": "https://pacs/dicom-web", "username": "u", "password": "p"}],
+    "dimse": [{"ae_title": "PACS", "host": "pacs", "port": 104, "retrieve": ["c-get"]}]}}``. An event naming
+    any other source is dead-lettered."""
+    pull_max_attempts: int = Field(default=6, ge=1, le=100)
+    """Attempts of one pull while its source is unavailable, before the event is dead-lettered."""
+    pull_initial_backoff_seconds: float = Field(default=2.0, gt=0)
+    pull_max_backoff_seconds: float = Field(default=120.0, gt=0)
+    pull_attempt_timeout_seconds: float = Field(default=900.0, gt=0)
+    """Longest one attempt may take (finding, listing and retrieving the study)."""
+    pull_request_timeout_seconds: float = Field(default=30.0, gt=0)
+    """Connect/read timeout of one request to a source (HTTP), or ACSE/DIMSE/network timeout (DIMSE)."""
+
+    @property
+    def pull_retry_policy(self) -> PullRetryPolicy:
+        return PullRetryPolicy(
+            max_attempts=self.pull_max_attempts,
+            initial_backoff_s=self.pull_initial_backoff_seconds,
+            max_backoff_s=max(self.pull_max_backoff_seconds, self.pull_initial_backoff_seconds),
+            attempt_timeout_s=self.pull_attempt_timeout_seconds,
+        )
 
     @field_validator("archive_kek")
     @classmethod

@@ -14,6 +14,9 @@ Each item is a Person Identification Macro (PS3.3 Table 10-1), whose Person Iden
 in the ``RPPS`` scheme (Coding Scheme Designator (0008,0102)), or in the scheme of the ANS's RPPS OID (as
 Coding Scheme Designator, or as Coding Scheme UID (0008,010C)). A code value that is not 11 digits is no RPPS
 and is ignored: it could not name anyone the policy knows.
+
+The facility's RIS also announces both on ``emage.acquisition.v1`` (:class:`OrderedCare`), before or after
+the study arrives; what it announces is merged into what the headers say (:func:`with_ordered_care`).
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Final
 
 from emage_catalog.domain.matching import IndexValue
+from emage_common.events import Acquisition, PatientIdentity
 
 REFERRING_PHYSICIAN_IDENTIFICATION_SEQUENCE: Final = "00080096"
 OPERATOR_IDENTIFICATION_SEQUENCE: Final = "00081072"
@@ -133,3 +138,107 @@ class CareAttributes:
             referring_physician_rpps=referrer if isinstance(referrer, str) else None,
             performing_technician_rpps=tuple(value for value in technicians or () if isinstance(value, str)),
         )
+
+
+# --- Care announced by the facility (emage.acquisition.v1) --------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OrderedCare:
+    """The care relationships of one imaging order, as its facility's latest acquisition event announces them.
+
+    An order is identified by its facility and Accession Number (0008,0050); its study by the Study Instance
+    UID when the event knew it, else by that accession number in the facility's studies. The facility's RIS
+    is authoritative on who ordered the exam and who performed it, so its referring physician prevails over
+    the DICOM headers' and its technician joins the operators the headers name (:func:`with_ordered_care`).
+    """
+
+    facility_finess: str
+    accession_number: str
+    patient_id: str
+    issuer_of_patient_id: str
+    study_instance_uid: str | None
+    referring_physician_rpps: str | None
+    performing_technician_rpps: str | None
+    event_id: str
+    announced_at: datetime
+    """When the facility announced it (the CloudEvent ``time``): the latest announcement of an order wins."""
+
+    @property
+    def order_key(self) -> str:
+        """``<FINESS>/<accession number>``: the order, unique within e-mage."""
+        return f"{self.facility_finess}/{self.accession_number}"
+
+    @classmethod
+    def of(cls, acquisition: Acquisition, *, event_id: str, announced_at: datetime) -> OrderedCare:
+        return cls(
+            facility_finess=acquisition.facility_finess,
+            accession_number=acquisition.accession_number,
+            patient_id=acquisition.patient.patient_id,
+            issuer_of_patient_id=acquisition.patient.issuer_of_patient_id,
+            study_instance_uid=acquisition.study_instance_uid,
+            referring_physician_rpps=acquisition.referring_physician_rpps,
+            performing_technician_rpps=acquisition.performing_technician_rpps,
+            event_id=event_id,
+            announced_at=announced_at,
+        )
+
+    def supersedes(self, other: OrderedCare | None) -> bool:
+        """Whether this announcement is later than ``other`` (ties broken by event id, so all agree)."""
+        return other is None or (self.announced_at, self.event_id) > (other.announced_at, other.event_id)
+
+    def concerns(self, facility_finess: str, patient: PatientIdentity) -> bool:
+        """Whether a study of ``facility_finess`` imaging ``patient`` can be this order's.
+
+        Only the facility's own studies, of the same patient in the same identity domain (Patient ID and
+        Issuer of Patient ID, the facility's FINESS when the headers have no issuer): an event can never
+        grant anyone a relationship to another facility's or another patient's study.
+        """
+        return (
+            facility_finess == self.facility_finess
+            and patient.patient_id == self.patient_id
+            and patient.issuer_of_patient_id == self.issuer_of_patient_id
+        )
+
+    def withdraws_from(self, superseded: OrderedCare | None) -> bool:
+        """Whether replacing ``superseded`` by this takes a relationship away (a corrected order), rather
+        than only adding or confirming one."""
+        if superseded is None:
+            return False
+        referrer_gone = (
+            superseded.referring_physician_rpps is not None
+            and superseded.referring_physician_rpps != self.referring_physician_rpps
+        )
+        technician_gone = (
+            superseded.performing_technician_rpps is not None
+            and superseded.performing_technician_rpps != self.performing_technician_rpps
+        )
+        return referrer_gone or technician_gone
+
+
+@dataclass(frozen=True, slots=True)
+class StudyOwner:
+    """Whose a catalogued study is: its owning facility and its patient."""
+
+    study_instance_uid: str
+    facility_finess: str
+    patient: PatientIdentity
+
+
+def with_ordered_care(care: CareAttributes, ordered: OrderedCare | None) -> CareAttributes:
+    """A study's care attributes from its DICOM headers, merged with what its order announced.
+
+    The order's referring physician, when it names one, replaces the headers'; its technician is added to
+    the operators (sorted, each once, as :func:`union_of` keeps them).
+    """
+    if ordered is None:
+        return care
+    technicians = set(care.performing_technician_rpps)
+    if ordered.performing_technician_rpps is not None:
+        technicians.add(ordered.performing_technician_rpps)
+    return CareAttributes(
+        facility_finess=care.facility_finess,
+        patient_key=care.patient_key,
+        referring_physician_rpps=ordered.referring_physician_rpps or care.referring_physician_rpps,
+        performing_technician_rpps=tuple(sorted(technicians)),
+    )

@@ -19,7 +19,13 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Final
 
-from emage_catalog.domain.care import CareAttributes, referring_physician_rpps, union_of
+from emage_catalog.domain.care import (
+    CareAttributes,
+    OrderedCare,
+    referring_physician_rpps,
+    union_of,
+    with_ordered_care,
+)
 from emage_catalog.domain.dicom import DicomJson, element, first_string, sorted_dataset, subset, values
 from emage_catalog.domain.levels import (
     MODALITIES_IN_STUDY,
@@ -114,6 +120,12 @@ def catalog_entry(stored: InstanceStored) -> CatalogEntry:
         study_attributes=sorted_dataset(study),
         series_attributes=sorted_dataset(series),
     )
+
+
+def accession_number_of(entry: CatalogEntry) -> str | None:
+    """The Accession Number (0008,0050) of the entry's study, if it has one (SH: spaces not significant)."""
+    accession = (first_string(entry.study_attributes, _ACCESSION_NUMBER) or "").strip(" ")
+    return accession or None
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,19 +231,24 @@ def study_dataset(attributes: DicomJson, series: Sequence[SeriesSummary]) -> Dic
     return sorted_dataset({**attributes, **derived})
 
 
-def study_care(entry: CatalogEntry, series: Sequence[SeriesSummary]) -> CareAttributes:
+def study_care(
+    entry: CatalogEntry, series: Sequence[SeriesSummary], ordered: OrderedCare | None = None
+) -> CareAttributes:
     """The care attributes of the entry's study once the entry is recorded.
 
     The owning facility and the patient are the entry's (the facility never changes, see
     :func:`check_consistency`); the referring physician is the one the entry names, like every study-level
-    attribute; the technicians are the operators of all the study's series.
+    attribute; the technicians are the operators of all the study's series. What the study's order
+    announced (``ordered``, if it concerns this study) is merged in (:func:`~emage_catalog.domain.care.
+    with_ordered_care`).
     """
-    return CareAttributes(
+    care = CareAttributes(
         facility_finess=entry.facility_finess,
         patient_key=entry.patient.patient_key,
         referring_physician_rpps=referring_physician_rpps(entry.study_attributes),
         performing_technician_rpps=union_of(summary.operator_rpps for summary in series),
     )
+    return with_ordered_care(care, ordered)
 
 
 def index_fields(dataset: Mapping[str, Mapping[str, Any]], level: QueryLevel) -> IndexFields:
