@@ -12,6 +12,7 @@ from typing import Any
 
 import kubernetes_validate
 
+from . import crds
 from .kustomize import all_containers, pod_specs, split_image
 from .services import GATEWAY, SERVICE_UID, SERVICES, ServiceSpec
 
@@ -69,10 +70,14 @@ def quantity(resource: str, value: Any) -> float:
 
 
 def schema_problems(manifests: Iterable[Manifest], version: str = KUBERNETES_VERSION) -> list[str]:
-    """Validation of every object against the Kubernetes OpenAPI schemas (strict: unknown fields fail)."""
+    """Validation of every object against the Kubernetes OpenAPI schemas, custom resources against the
+    schemas of ``tests/static/crd_schemas`` (strict: unknown fields fail)."""
     problems = []
     for manifest in manifests:
         where = f"{manifest.get('kind')}/{manifest.get('metadata', {}).get('name')}"
+        if crds.has_schema(manifest, version):
+            problems += crds.custom_resource_problems(manifest, version)
+            continue
         try:
             kubernetes_validate.validate(manifest, version, strict=True)
         except kubernetes_validate.ValidationError as error:

@@ -579,23 +579,20 @@ def _merge_list(base: list[Any], patch: list[Any], candidate_keys: tuple[str, ..
                 return key, item[key]
         return None
 
-    result = list(base)
-    new_items = []
+    # kustomize (kyaml) lists the patch's elements first, in the patch's order (merged with the base element
+    # of the same key where there is one), then the base's remaining elements in their own order.
+    merged_items = []
+    patched_keys = set()
     for item in patch:
         item_key = key_of(item)
         if item_key is None:
             raise UnsupportedKustomizationError(f"list item without merge key {candidate_keys}: {item}")
-        index = next((i for i, existing in enumerate(result) if key_of(existing) == item_key), None)
+        patched_keys.add(item_key)
+        existing = next((e for e in base if key_of(e) == item_key), None)
         if isinstance(item, dict) and item.get("$patch") == "delete":
-            if index is not None:
-                result.pop(index)
             continue
-        if index is None:
-            # kustomize (kyaml) puts elements that only the patch has before the base's own.
-            new_items.append(_strip_directives(item))
-        else:
-            result[index] = strategic_merge(result[index], item)
-    return new_items + result
+        merged_items.append(_strip_directives(item) if existing is None else strategic_merge(existing, item))
+    return merged_items + [e for e in base if key_of(e) not in patched_keys]
 
 
 def _json6902(doc: dict[str, Any], operations: list[dict[str, Any]]) -> dict[str, Any]:
