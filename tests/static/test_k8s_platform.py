@@ -546,5 +546,5 @@ def test_dashboards_query_only_metrics_that_exist() -> None:
 def test_dashboard_check_catches_an_invented_metric() -> None:
     dashboards = _dashboards()
     panel = dashboards["emage-services.json"]["panels"][0]
-    panel["targets"][0]["expr"] = "sum(rate(emage_access_decisions_total[5m]))"
-    assert any("emage_access_decisions_total" in p for p in kp.dashboard_problems(dashboards))
+    panel["targets"][0]["expr"] = "sum(rate(emage_images_teleported_total[5m]))"
+    assert any("emage_images_teleported_total" in p for p in kp.dashboard_problems(dashboards))

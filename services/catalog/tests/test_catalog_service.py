@@ -299,6 +299,7 @@ async def test_a_conflicting_event_writes_nothing(service: CatalogService, store
 
 
 REFERRER, TECHNICIAN, OTHER_TECHNICIAN = "10100000024", "10100000040", "10100000057"
+OTHER_REFERRER = "10100000099"
 CARE_FIELDS = ("facility_finess", "patient_key", "referring_physician_rpps", "performing_technician_rpps")
 
 
@@ -336,14 +337,20 @@ async def test_care_attributes_are_copied_to_every_level_and_follow_new_operator
         performing_technician_rpps=(TECHNICIAN, OTHER_TECHNICIAN),
     )
 
-    # A later instance without a referrer: the study has none any more, nor has any copy.
+    # A later instance without a referrer (a report series often omits it) removes nobody's access.
     await service.record_instance(stored(1, 2, 2, sop_class=SR, operators=(OTHER_TECHNICIAN,)), revision=4)
     documents = [*store.studies.values(), *store.series.values(), *store.instances.values()]
-    assert all("referring_physician_rpps" not in document["q"] for document in documents)
+    assert all(document["q"]["referring_physician_rpps"] == REFERRER for document in documents)
     attributes = await service.access_attributes(f"{ROOT}.1")
     assert attributes is not None
-    assert attributes.referring_physician_rpps is None
+    assert attributes.referring_physician_rpps == REFERRER
     assert attributes.performing_technician_rpps == (TECHNICIAN, OTHER_TECHNICIAN)
+
+    # One naming another referrer replaces them, like any study-level attribute.
+    await service.record_instance(stored(1, 2, 3, sop_class=SR, referrer=OTHER_REFERRER), revision=5)
+    attributes = await service.access_attributes(f"{ROOT}.1")
+    assert attributes is not None
+    assert attributes.referring_physician_rpps == OTHER_REFERRER
 
 
 async def test_an_unknown_study_has_no_access_attributes(service: CatalogService) -> None:

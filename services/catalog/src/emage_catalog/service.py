@@ -13,7 +13,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
-from emage_catalog.domain.care import CareAttributes, OrderedCare, StudyOwner, with_ordered_care
+from emage_catalog.domain.care import (
+    REFERRER_FIELD,
+    CareAttributes,
+    OrderedCare,
+    StudyOwner,
+    with_ordered_care,
+)
 from emage_catalog.domain.dicom import DicomJson
 from emage_catalog.domain.levels import QueryLevel
 from emage_catalog.domain.matching import QUERY_KEYS
@@ -141,6 +147,11 @@ class SearchPage:
         return max(0, self.total - offset - len(self.results))
 
 
+def _previous_referrer(study: StudyState | None) -> str | None:
+    referrer = None if study is None else study.index.get(REFERRER_FIELD)
+    return referrer if isinstance(referrer, str) else None
+
+
 def _keys_of(index: IndexFields, level: QueryLevel) -> IndexFields:
     own = {key.attribute.keyword for key in QUERY_KEYS.values() if key.level is level}
     return {name: value for name, value in index.items() if name in own}
@@ -192,7 +203,7 @@ class CatalogService:
         # The care attributes go with the study's keys, and are copied below it with them.
         study_index = {
             **index_fields(study_attributes, QueryLevel.STUDY),
-            **study_care(entry, summaries, ordered).fields(),
+            **study_care(entry, summaries, ordered, previous_referrer=_previous_referrer(study)).fields(),
         }
         next_revision = max(revision, 0 if study is None else study.revision)
         pending = study is None or next_revision > study.revision or study.announcement_pending

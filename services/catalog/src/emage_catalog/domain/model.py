@@ -232,20 +232,25 @@ def study_dataset(attributes: DicomJson, series: Sequence[SeriesSummary]) -> Dic
 
 
 def study_care(
-    entry: CatalogEntry, series: Sequence[SeriesSummary], ordered: OrderedCare | None = None
+    entry: CatalogEntry,
+    series: Sequence[SeriesSummary],
+    ordered: OrderedCare | None = None,
+    *,
+    previous_referrer: str | None = None,
 ) -> CareAttributes:
     """The care attributes of the entry's study once the entry is recorded.
 
     The owning facility and the patient are the entry's (the facility never changes, see
-    :func:`check_consistency`); the referring physician is the one the entry names, like every study-level
-    attribute; the technicians are the operators of all the study's series. What the study's order
-    announced (``ordered``, if it concerns this study) is merged in (:func:`~emage_catalog.domain.care.
-    with_ordered_care`).
+    :func:`check_consistency`); the referring physician is the one the entry names or, when it names none
+    (a report or annotation series often omits it), the one the study already had (``previous_referrer``):
+    an absent sequence removes nobody's access; the technicians are the operators of all the study's
+    series. What the study's order announced (``ordered``, if it concerns this study) is merged in
+    (:func:`~emage_catalog.domain.care.with_ordered_care`).
     """
     care = CareAttributes(
         facility_finess=entry.facility_finess,
         patient_key=entry.patient.patient_key,
-        referring_physician_rpps=referring_physician_rpps(entry.study_attributes),
+        referring_physician_rpps=referring_physician_rpps(entry.study_attributes) or previous_referrer,
         performing_technician_rpps=union_of(summary.operator_rpps for summary in series),
     )
     return with_ordered_care(care, ordered)
