@@ -1,84 +1,27 @@
-"""The outbox relay over an in-memory outbox: publishes due entries, backs off when Kafka fails."""
+"""Ingest's outbox relay and outbox store are the shared ones (:mod:`emage_common.outbox`, tested there),
+under ingest's task and logger names, over ingest's ``outbox`` collection and entries."""
 
 from __future__ import annotations
 
-import asyncio
-from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
-from aiokafka.errors import KafkaConnectionError
-
+from emage_common import outbox
 from emage_common.events import CloudEvent
-from emage_ingest.adapters.repository import OutboxEntry
+from emage_ingest.adapters.repository import OUTBOX, Outbox, OutboxEntry
 from emage_ingest.relay import OutboxRelay, backoff
 
 
-class MemoryOutbox:
-    def __init__(self, count: int) -> None:
-        self.pending = {
-            f"e{i}": OutboxEntry(f"e{i}", "topic", CloudEvent(id=f"e{i}", source="/t", type="t"))
-            for i in range(count)
-        }
-        self.published: list[str] = []
-        self.retries: dict[str, timedelta] = {}
-
-    async def lease_due(self, owner: str, lease: timedelta, limit: int) -> list[OutboxEntry]:
-        due = [entry for key, entry in self.pending.items() if key not in self.retries][:limit]
-        return [OutboxEntry(e.event_id, e.topic, e.event, attempts=1) for e in due]
-
-    async def mark_published(self, event_id: str, owner: str) -> None:
-        self.published.append(event_id)
-        del self.pending[event_id]
-
-    async def retry_after(self, event_id: str, owner: str, delay: timedelta) -> None:
-        self.retries[event_id] = delay
+def test_the_ingest_relay_is_the_shared_one_under_ingest_names() -> None:
+    assert issubclass(OutboxRelay, outbox.OutboxRelay)
+    assert (OutboxRelay.task_name, OutboxRelay.logger.name) == ("outbox-relay", "emage_ingest.relay")
+    assert backoff is outbox.backoff
 
 
-class Events:
-    def __init__(self, fail_after: int | None = None) -> None:
-        self.sent: list[str] = []
-        self.fail_after = fail_after
-
-    async def publish(self, topic: str, event: Any, key: str | None = None) -> None:
-        if self.fail_after is not None and len(self.sent) >= self.fail_after:
-            raise KafkaConnectionError("down")
-        self.sent.append(event.id)
-
-
-def relay(outbox: MemoryOutbox, events: Events) -> OutboxRelay:
-    return OutboxRelay(
-        outbox, events, replica_id="r", poll_interval=0.05, lease=timedelta(seconds=30), publish_timeout=1
-    )
-
-
-async def test_due_entries_are_published_in_order_and_marked() -> None:
-    outbox, events = MemoryOutbox(3), Events()
-    assert await relay(outbox, events).drain_once() == 3
-    assert events.sent == outbox.published == ["e0", "e1", "e2"]
-
-
-async def test_a_failure_puts_the_entry_and_the_rest_of_the_batch_back_with_backoff() -> None:
-    outbox, events = MemoryOutbox(4), Events(fail_after=1)
-    assert await relay(outbox, events).drain_once() == 1
-    assert outbox.published == ["e0"]
-    assert outbox.retries == {f"e{i}": backoff(1) for i in (1, 2, 3)}
-
-
-async def test_the_running_relay_drains_when_woken() -> None:
-    outbox, events = MemoryOutbox(2), Events()
-    running = relay(outbox, events)
-    running.start()
-    try:
-        running.wake()
-        async with asyncio.timeout(5):
-            while True:
-                if len(outbox.published) == 2:
-                    break
-                await asyncio.sleep(0.01)
-    finally:
-        await running.stop()
-    assert outbox.published == ["e0", "e1"]
-
-
-def test_backoff_doubles_up_to_ten_seconds() -> None:
-    assert [backoff(n).total_seconds() for n in (1, 2, 3, 10)] == [0.5, 1.0, 2.0, 10.0]
+def test_the_ingest_outbox_keeps_ingest_entries_in_its_collection() -> None:
+    collections: dict[str, object] = {OUTBOX: object()}
+    store = Outbox(cast(Any, collections))
+    assert isinstance(store, outbox.MongoOutbox)
+    assert store._entries is collections["outbox"]
+    entry = store._make_entry("e0", "topic", CloudEvent(id="e0", source="/t", type="t"), 2)
+    assert isinstance(entry, OutboxEntry)
+    assert (entry.event_id, entry.topic, entry.event.id, entry.attempts) == ("e0", "topic", "e0", 2)

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from emage_common.events import CloudEvent
+from emage_common.outbox import OutboxEntry as OutboxEntry
 from emage_consent.domain.model import Consent, ConsentRecord, ConsentState, Provision
 
 
@@ -17,16 +18,6 @@ class ConcurrentChangeError(RuntimeError):
 
 class PatientDirectoryUnavailableError(RuntimeError):
     """The catalog could not say whether the patient has studies at the facility."""
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxEntry:
-    """An event waiting to be published on ``topic``, stored with the record it announces."""
-
-    event_id: str
-    topic: str
-    event: CloudEvent
-    attempts: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,17 +12,15 @@ to do).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
-
-from pymongo.errors import PyMongoError
+from typing import Final
 
 from emage_common.access_contract import ForwardedPrincipal
-from emage_common.events import CONSENT_CHANGED_TOPIC, CloudEvent, make_event
+from emage_common.events import CONSENT_CHANGED_TOPIC, make_event
+from emage_common.outbox import DirectPublication
 from emage_consent.domain import rules
 from emage_consent.domain.model import Consent, ConsentRecord
 from emage_consent.domain.rules import (
@@ -77,15 +75,19 @@ class ConsentService:
     ) -> None:
         self._store = store
         self._directory = directory
-        self._events = events
-        self._outbox = outbox
-        self._publisher_id = f"{replica_id}/direct"
-        self._publish_timeout = publish_timeout
         self._outbox_lease = outbox_lease
-        self._wake_relay = wake_relay
+        # Whatever fails, the change is committed with its event: the answer is a success.
+        self._publication = DirectPublication(
+            events,
+            outbox,
+            replica_id=replica_id,
+            publish_timeout=publish_timeout,
+            wake_relay=wake_relay,
+            failures=(Exception,),
+            logger=logger,
+        )
         self._clock = clock
         self._new_id = new_id
-        self._settling: set[asyncio.Task[None]] = set()
 
     def now(self) -> datetime:
         return self._clock()
@@ -154,50 +156,15 @@ class ConsentService:
             record,
             consent,
             OutboxEntry(event.id, CONSENT_CHANGED_TOPIC, event),
-            publisher_id=self._publisher_id,
+            publisher_id=self._publication.publisher_id,
             publishing_lease=self._outbox_lease,
         )
-        await self._publish(event.id, event)
-
-    async def _publish(self, event_id: str, event: CloudEvent) -> None:
-        """Publish now; if Kafka does not confirm in time, the outbox entry stays for the relay.
-
-        Either way the change is durable and announced or about to be, so the outbox bookkeeping happens
-        after the answer, in the background (:meth:`settle_pending` awaits it).
-        """
-        try:
-            async with asyncio.timeout(self._publish_timeout):
-                await self._events.publish(CONSENT_CHANGED_TOPIC, event)
-        except Exception:
-            # Whatever failed, the change is committed with its event: the answer is a success.
-            logger.warning("Kafka did not take the event; the outbox relay will publish it", exc_info=True)
-            self._in_background(self._hand_to_relay(event_id))
-            return
-        self._in_background(self._settle(event_id))
-
-    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(work)
-        self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
+        # Publish now; if Kafka does not confirm in time, the outbox entry stays for the relay.
+        await self._publication.publish(CONSENT_CHANGED_TOPIC, event)
 
     async def settle_pending(self) -> None:
         """Wait for the outbox bookkeeping of the publications made so far (at shutdown)."""
-        while self._settling:
-            await asyncio.gather(*self._settling)
-
-    async def _settle(self, event_id: str) -> None:
-        try:
-            await self._outbox.mark_published(event_id, self._publisher_id)
-        except PyMongoError:
-            # Harmless: the relay publishes the entry again when its lease ends, under the same event id.
-            logger.warning("published, but the outbox entry could not be settled", exc_info=True)
-
-    async def _hand_to_relay(self, event_id: str) -> None:
-        try:
-            await self._outbox.retry_after(event_id, self._publisher_id, timedelta(0))
-        except PyMongoError:
-            logger.warning("the outbox entry stays leased until its lease expires", exc_info=True)
-        self._wake_relay()
+        await self._publication.settle_pending()
 
     # --- Reading --------------------------------------------------------------------------------------------
 

@@ -13,18 +13,20 @@ import hashlib
 import logging
 import shutil
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Final, Literal, Protocol
+from typing import Final, Literal, Protocol
 
-from aiokafka.errors import KafkaError
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import ValidationError
 from pymongo.errors import PyMongoError
 
 from emage_common.events import INSTANCE_STORED_TOPIC, CloudEvent, InstanceStored, PatientIdentity, make_event
+from emage_common.outbox import DirectPublication
+from emage_common.outbox import EventSink as EventSink
+from emage_common.outbox import OutboxMarks as OutboxMarks
 from emage_ingest.adapters.repository import ConcurrentStoreError, OutboxEntry
 from emage_ingest.domain.conflict import ConflictPolicy, StoreDecision, decide
 from emage_ingest.domain.instance import InstanceHeader, read_instance_header
@@ -101,20 +103,6 @@ class ArchiveWriter(Protocol):
     async def put(self, key: str, study_uid: str, source_file: Path) -> None: ...
 
     async def delete(self, key: str) -> None: ...
-
-
-class EventSink(Protocol):
-    """Kafka (:class:`emage_common.kafka.EventPublisher`)."""
-
-    async def publish(self, topic: str, event: CloudEvent, key: str | None = None) -> None: ...
-
-
-class OutboxMarks(Protocol):
-    """Settling an outbox entry after publication (:class:`~emage_ingest.adapters.repository.Outbox`)."""
-
-    async def mark_published(self, event_id: str, owner: str) -> None: ...
-
-    async def retry_after(self, event_id: str, owner: str, delay: timedelta) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,14 +191,17 @@ class IngestService:
     ) -> None:
         self._records = records
         self._archive = archive
-        self._events = events
-        self._outbox = outbox
         self._policy = conflict_policy
-        self._publisher_id = f"{replica_id}/direct"
-        self._publish_timeout = publish_timeout
         self._outbox_lease = outbox_lease
-        self._wake_relay = wake_relay
-        self._settling: set[asyncio.Task[None]] = set()
+        self._publication = DirectPublication(
+            events,
+            outbox,
+            replica_id=replica_id,
+            publish_timeout=publish_timeout,
+            wake_relay=wake_relay,
+            log_prefix="store: ",
+            logger=logger,
+        )
 
     async def store_instance(self, part10_path: Path, request: StoreRequest) -> StoreOutcome:
         """Store the Part 10 object at ``part10_path`` (which the caller owns and deletes afterwards).
@@ -276,7 +267,7 @@ class IngestService:
                     claim_token=token,
                     replaces_sha256=existing.sha256 if existing else None,
                     publishing_lease=self._outbox_lease,
-                    publisher_id=self._publisher_id,
+                    publisher_id=self._publication.publisher_id,
                 )
                 claimed = False  # released by the transaction
             except Exception:
@@ -286,7 +277,8 @@ class IngestService:
         finally:
             if claimed:
                 await asyncio.shield(self._release(sop_instance_uid, token))
-        await self._publish(event)
+        # Publish now; if Kafka does not confirm in time, the outbox entry stays for the relay.
+        await self._publication.publish(INSTANCE_STORED_TOPIC, event)
         if existing is not None:
             await self._forget(existing.object_key)
             return _succeeded(
@@ -408,43 +400,6 @@ class IngestService:
                 "store: an unreferenced object could not be deleted", extra={"object_key": object_key}
             )
 
-    async def _publish(self, event: CloudEvent) -> None:
-        """Publish now; if Kafka does not confirm in time, the outbox entry stays for the relay.
-
-        Either way the instance is durable and announced or about to be, so the bookkeeping of the outbox
-        entry happens after the acknowledgement, in the background (:meth:`settle_pending` awaits it).
-        """
-        try:
-            async with asyncio.timeout(self._publish_timeout):
-                await self._events.publish(INSTANCE_STORED_TOPIC, event)
-        except (KafkaError, TimeoutError, OSError):
-            logger.warning(
-                "store: Kafka did not take the event; the outbox relay will publish it", exc_info=True
-            )
-            self._in_background(self._hand_to_relay(event.id))
-            return
-        self._in_background(self._settle(event.id))
-
-    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(work)
-        self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
-
     async def settle_pending(self) -> None:
         """Wait for the outbox bookkeeping of the publications made so far (at shutdown)."""
-        while self._settling:
-            await asyncio.gather(*self._settling)
-
-    async def _settle(self, event_id: str) -> None:
-        try:
-            await self._outbox.mark_published(event_id, self._publisher_id)
-        except PyMongoError:
-            # Harmless: the relay publishes the entry again when its lease ends, under the same event id.
-            logger.warning("store: published, but the outbox entry could not be settled", exc_info=True)
-
-    async def _hand_to_relay(self, event_id: str) -> None:
-        try:
-            await self._outbox.retry_after(event_id, self._publisher_id, timedelta(0))
-        except PyMongoError:
-            logger.warning("store: the outbox entry stays leased until its lease expires", exc_info=True)
-        self._wake_relay()
+        await self._publication.settle_pending()

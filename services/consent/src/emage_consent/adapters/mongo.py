@@ -20,14 +20,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import pymongo
-from bson import Binary
 from pydantic import TypeAdapter
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import CollectionInvalid, DuplicateKeyError
 
-from emage_common.events import CloudEvent, ConsentGrantee
+from emage_common import outbox
+from emage_common.events import ConsentGrantee
 from emage_common.mongo import in_transaction
 from emage_consent.domain.model import (
     Consent,
@@ -44,10 +44,6 @@ CONSENTS: Final = "consents"
 PATIENT_SEQUENCES: Final = "patient_sequences"
 OUTBOX: Final = "outbox"
 
-_PENDING: Final = "pending"
-_PUBLISHED: Final = "published"
-# Published entries are kept a week for investigations, then MongoDB's TTL monitor removes them.
-_PUBLISHED_RETENTION_S: Final = 7 * 24 * 3600
 # Bounds one transaction, retries included, well below PyMongo's 120 s default.
 _TRANSACTION_TIMEOUT_S: Final = 20
 
@@ -268,7 +264,7 @@ class MongoConsentStore:
     ) -> None:
         """See :meth:`emage_consent.ports.ConsentStore.append`: one transaction, five round trips."""
         state = consent_to_document(consent)
-        outboxed = _entry_document(
+        outboxed = outbox.entry_document(
             entry, lease_owner=publisher_id, lease_until=datetime.now(UTC) + publishing_lease
         )
 
@@ -305,21 +301,7 @@ class MongoConsentStore:
             await in_transaction(self._database.client, write)
 
 
-def _entry_document(entry: OutboxEntry, *, lease_owner: str, lease_until: datetime) -> dict[str, Any]:
-    return {
-        "_id": entry.event_id,
-        "topic": entry.topic,
-        "key": entry.event.partitionkey,
-        "event": Binary(entry.event.to_bytes()),
-        "state": _PENDING,
-        "created_at": datetime.now(UTC),
-        "lease_owner": lease_owner,
-        "lease_until": lease_until,
-        "attempts": 0,
-    }
-
-
-class MongoOutbox:
+class MongoOutbox(outbox.MongoOutbox[OutboxEntry]):
     """Events recorded with the records they announce, until Kafka has them.
 
     Any number of replicas may drain it: an entry is leased (owner and expiry) before it is published, so
@@ -329,49 +311,4 @@ class MongoOutbox:
     """
 
     def __init__(self, database: AsyncDatabase[dict[str, Any]]) -> None:
-        self._entries = database[OUTBOX]
-
-    async def ensure_indexes(self) -> None:
-        await self._entries.create_index(
-            [("state", ASCENDING), ("lease_until", ASCENDING), ("created_at", ASCENDING)], name="due"
-        )
-        await self._entries.create_index(
-            "published_at", expireAfterSeconds=_PUBLISHED_RETENTION_S, name="published_retention"
-        )
-
-    async def lease_due(self, owner: str, lease: timedelta, limit: int) -> builtins.list[OutboxEntry]:
-        """Lease up to ``limit`` pending entries whose lease expired, oldest first."""
-        entries: builtins.list[OutboxEntry] = []
-        for _ in range(limit):
-            now = datetime.now(UTC)
-            document = await self._entries.find_one_and_update(
-                {"state": _PENDING, "lease_until": {"$lte": now}},
-                {"$set": {"lease_owner": owner, "lease_until": now + lease}, "$inc": {"attempts": 1}},
-                sort=[("created_at", ASCENDING)],
-                return_document=ReturnDocument.AFTER,
-            )
-            if document is None:
-                break
-            entries.append(
-                OutboxEntry(
-                    event_id=document["_id"],
-                    topic=document["topic"],
-                    event=CloudEvent.from_bytes(bytes(document["event"])),
-                    attempts=int(document["attempts"]),
-                )
-            )
-        return entries
-
-    async def mark_published(self, event_id: str, owner: str) -> None:
-        """Kafka has the event: the entry is done."""
-        await self._entries.update_one(
-            {"_id": event_id, "lease_owner": owner, "state": _PENDING},
-            {"$set": {"state": _PUBLISHED, "published_at": datetime.now(UTC)}, "$unset": {"lease_until": ""}},
-        )
-
-    async def retry_after(self, event_id: str, owner: str, delay: timedelta) -> None:
-        """Publication failed: let any replica lease the entry again after ``delay``."""
-        await self._entries.update_one(
-            {"_id": event_id, "lease_owner": owner, "state": _PENDING},
-            {"$set": {"lease_until": datetime.now(UTC) + delay}},
-        )
+        super().__init__(database, OutboxEntry, OUTBOX)

@@ -12,19 +12,18 @@ from __future__ import annotations
 import builtins
 import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import pymongo
-from bson import Binary
-from pymongo import ASCENDING, ReturnDocument
+from pymongo import ASCENDING
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from emage_common.events import CloudEvent
 from emage_common.mongo import in_transaction
+from emage_common.outbox import MongoOutbox, entry_document
+from emage_common.outbox import OutboxEntry as OutboxEntry
 from emage_ingest.domain.model import ArchivedInstance, ByteRange, FrameLocation, PixelAttributes
 
 INSTANCES: Final = "instances"
@@ -32,10 +31,6 @@ OUTBOX: Final = "outbox"
 STORE_CLAIMS: Final = "store_claims"
 STUDY_KEYS: Final = "study_keys"
 
-_PENDING: Final = "pending"
-_PUBLISHED: Final = "published"
-# Published entries are kept a week for investigations, then MongoDB's TTL monitor removes them.
-_PUBLISHED_RETENTION_S: Final = 7 * 24 * 3600
 # Bounds one transaction, retries included, well below PyMongo's 120 s default.
 _TRANSACTION_TIMEOUT_S: Final = 20
 
@@ -97,16 +92,6 @@ def instance_from_document(document: Mapping[str, Any]) -> ArchivedInstance:
         frames=tuple(_frame_from_document(frame) for frame in document["frames"]),
         pixels=PixelAttributes(**pixel) if pixel else None,
     )
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxEntry:
-    """An event waiting to be published on ``topic`` (its bytes are the CloudEvent, structured JSON)."""
-
-    event_id: str
-    topic: str
-    event: CloudEvent
-    attempts: int = 0
 
 
 class InstanceIndex:
@@ -183,7 +168,7 @@ class InstanceIndex:
         both acts and checks, so the transaction costs four round trips with its commit.
         """
         document = instance_to_document(instance)
-        entry_document = _entry_document(
+        outboxed = entry_document(
             entry, lease_owner=publisher_id, lease_until=datetime.now(UTC) + publishing_lease
         )
 
@@ -204,27 +189,13 @@ class InstanceIndex:
                 )
                 if replaced.matched_count != 1:
                     raise ConcurrentStoreError("the instance changed while it was being stored")
-            await self._outbox.insert_one(entry_document, session=session)
+            await self._outbox.insert_one(outboxed, session=session)
 
         with pymongo.timeout(_TRANSACTION_TIMEOUT_S):
             await in_transaction(self._database.client, write)
 
 
-def _entry_document(entry: OutboxEntry, *, lease_owner: str, lease_until: datetime) -> dict[str, Any]:
-    return {
-        "_id": entry.event_id,
-        "topic": entry.topic,
-        "key": entry.event.partitionkey,
-        "event": Binary(entry.event.to_bytes()),
-        "state": _PENDING,
-        "created_at": datetime.now(UTC),
-        "lease_owner": lease_owner,
-        "lease_until": lease_until,
-        "attempts": 0,
-    }
-
-
-class Outbox:
+class Outbox(MongoOutbox[OutboxEntry]):
     """Events recorded with the state change they announce, until Kafka has them.
 
     Any number of replicas may drain it: an entry is leased (owner and expiry) before it is published, so
@@ -234,49 +205,4 @@ class Outbox:
     """
 
     def __init__(self, database: AsyncDatabase[dict[str, Any]]) -> None:
-        self._entries = database[OUTBOX]
-
-    async def ensure_indexes(self) -> None:
-        await self._entries.create_index(
-            [("state", ASCENDING), ("lease_until", ASCENDING), ("created_at", ASCENDING)], name="due"
-        )
-        await self._entries.create_index(
-            "published_at", expireAfterSeconds=_PUBLISHED_RETENTION_S, name="published_retention"
-        )
-
-    async def lease_due(self, owner: str, lease: timedelta, limit: int) -> builtins.list[OutboxEntry]:
-        """Lease up to ``limit`` pending entries whose lease expired, oldest first."""
-        entries: builtins.list[OutboxEntry] = []
-        for _ in range(limit):
-            now = datetime.now(UTC)
-            document = await self._entries.find_one_and_update(
-                {"state": _PENDING, "lease_until": {"$lte": now}},
-                {"$set": {"lease_owner": owner, "lease_until": now + lease}, "$inc": {"attempts": 1}},
-                sort=[("created_at", ASCENDING)],
-                return_document=ReturnDocument.AFTER,
-            )
-            if document is None:
-                break
-            entries.append(
-                OutboxEntry(
-                    event_id=document["_id"],
-                    topic=document["topic"],
-                    event=CloudEvent.from_bytes(bytes(document["event"])),
-                    attempts=int(document["attempts"]),
-                )
-            )
-        return entries
-
-    async def mark_published(self, event_id: str, owner: str) -> None:
-        """Kafka has the event: the entry is done."""
-        await self._entries.update_one(
-            {"_id": event_id, "lease_owner": owner, "state": _PENDING},
-            {"$set": {"state": _PUBLISHED, "published_at": datetime.now(UTC)}, "$unset": {"lease_until": ""}},
-        )
-
-    async def retry_after(self, event_id: str, owner: str, delay: timedelta) -> None:
-        """Publication failed: let any replica lease the entry again after ``delay``."""
-        await self._entries.update_one(
-            {"_id": event_id, "lease_owner": owner, "state": _PENDING},
-            {"$set": {"lease_until": datetime.now(UTC) + delay}},
-        )
+        super().__init__(database, OutboxEntry, OUTBOX)
