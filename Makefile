@@ -53,5 +53,11 @@ unit: bootstrap
 integration: provision dicom-tools
 	$(PY) -m pytest tests/integration
 
+# Benchmarks side by side with Orthanc (issue 8), written to docs/benchmarks.md; not part of `make test`.
+# The issue's scale by default (hours: bulk-loading 1,000,000 instances dominates); BENCH_SCALE=small: a trial.
+bench: provision dicom-tools
+	$(UV) sync --frozen --all-packages --group bench
+	$(PY) -m bench
+
 clean:
 	rm -rf .local .venv

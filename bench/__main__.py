@@ -1,0 +1,148 @@
+"""``python -m bench``: start both systems, play every scenario, write ``docs/benchmarks.md`` and its charts.
+
+    python -m bench                        # the issue's scale (BENCH_SCALE, default full)
+    python -m bench --scale small          # the reduced-scale trial
+    python -m bench --only stow,wado       # some scenarios (a partial report: for development)
+    python -m bench --render docs/benchmarks/results.json   # the report again from saved results
+
+Run from the repository root (``make bench`` bootstraps, provisions and installs what it needs first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shlex
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.config import PROFILE, default_report, scale_from, work_dir
+from bench.report import SCENARIO_KEYS, render
+from bench.results import Results, load
+
+
+def _scenario_runners() -> dict[str, Callable[[Any], None]]:
+    from bench.scenarios import dimse, freshness, memory, qido, reference, stow, wado
+
+    return {
+        "reference": reference.run,
+        "qido": qido.run,
+        "stow": stow.run,
+        "dimse": dimse.run,
+        "wado": wado.run,
+        "freshness": freshness.run,
+        "memory": memory.run,
+    }
+
+
+def write_report(context: dict[str, Any], results: Results, output: Path) -> None:
+    """``output`` (Markdown), its charts and the raw results in the folder named after it."""
+    from bench import charts
+
+    folder = output.parent / output.stem
+    results.save(folder / "results.json", context)
+    drawn = charts.render(results, folder)
+    links = {key: path.relative_to(output.parent).as_posix() for key, path in drawn.items()}
+    output.write_text(render(context, results, links))
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (``make`` interrupted, a CI timeout) unwinds like Ctrl-C: every process is stopped by PID."""
+
+    def interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def _measure(args: argparse.Namespace) -> int:
+    from bench.environment import BenchStack, log
+    from bench.machine import machine, versions
+    from bench.run import Run
+
+    scale = scale_from(os.environ, args.scale, args.repetitions)
+    chosen = [key for key in SCENARIO_KEYS if not args.only or key in args.only]
+    unknown = set(args.only or ()) - set(SCENARIO_KEYS)
+    if unknown:
+        raise SystemExit(f"unknown scenario(s) {sorted(unknown)}: choose among {', '.join(SCENARIO_KEYS)}")
+    if scale.repetitions < 5:
+        log(f"{scale.repetitions} repetitions: fewer than the 5 a published result needs")
+    started_at = datetime.now(UTC)
+    started = time.monotonic()
+    context: dict[str, Any] = {
+        "scale": dataclasses.asdict(scale),
+        "machine": machine(),
+        "started": started_at.strftime("%Y-%m-%d %H:%M UTC"),
+        "profile": PROFILE,
+        "command": args.command_line,
+        "scenarios": chosen,
+    }
+    results = Results()
+    log(f"scale {scale.name}: {', '.join(chosen)}")
+    _stop_on_sigterm()
+    # Everything imported (and matplotlib's backend and fonts loaded) before the long run: a `uv sync`
+    # without the bench group meanwhile (another checkout's `make test`) cannot break the end of it.
+    runners = _scenario_runners()
+    from bench import charts
+
+    charts.warm_up()
+    systems = BenchStack.start()
+    try:
+        context["versions"] = versions(systems)
+        run = Run(systems, scale, results, work_dir())
+        for key in chosen:
+            began = time.monotonic()
+            log(f"scenario {key}")
+            try:
+                runners[key](run)
+            except Exception as error:
+                traceback.print_exc()
+                results.failures[key] = f"{type(error).__name__}: {error}"[:500]
+            log(f"scenario {key}: {time.monotonic() - began:.0f}s")
+    finally:
+        systems.stop()
+    context["duration_s"] = time.monotonic() - started
+    context["machine"]["load average at end (1, 5, 15 min)"] = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    write_report(context, results, args.output)
+    log(f"wrote {args.output}")
+    return 1 if results.failures else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--scale", choices=("full", "small"), help="default: BENCH_SCALE, else full")
+    parser.add_argument("--repetitions", type=int, help="default: BENCH_REPETITIONS, else 5")
+    parser.add_argument(
+        "--only",
+        type=lambda text: [part.strip() for part in text.split(",") if part.strip()],
+        help="scenarios",
+    )
+    parser.add_argument("--output", type=Path, default=default_report(), help="default: docs/benchmarks.md")
+    parser.add_argument(
+        "--render", type=Path, help="render the report from a saved results.json, run nothing"
+    )
+    args = parser.parse_args(argv)
+    if args.render is not None:
+        context, results = load(args.render)
+        write_report(context, results, args.output)
+        return 0
+    given = argv if argv is not None else sys.argv[1:]
+    scale = os.environ.get("BENCH_SCALE")
+    if given:
+        args.command_line = f"python -m bench {shlex.join(given)}"
+    else:
+        args.command_line = f"BENCH_SCALE={scale} make bench" if scale and scale != "full" else "make bench"
+    return _measure(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
