@@ -51,8 +51,10 @@ class Directory:
 class Shares:
     def __init__(self, *shares: Share) -> None:
         self.shares = list(shares)
+        self.reads = 0
 
     async def shares_to(self, grantee_rpps: str) -> list[Share]:
+        self.reads += 1
         return [share for share in self.shares if share.grantee_rpps == grantee_rpps]
 
 
@@ -204,7 +206,8 @@ async def test_a_share_link_session_reaches_its_study_only() -> None:
         ("link_holder", "link:l1", "deny"),
         ("link_holder", "link:l1", "deny"),
     ]
-    scope = await decider.scope(session)
+    searched, scope = await decider.search(session, None, request=_request())
+    assert searched.allowed
     assert [clause.study_instance_uids for clause in scope.clauses] == [(STUDY.study_instance_uid,)]
 
 
@@ -222,11 +225,16 @@ async def test_the_search_scope_goes_to_the_catalog_as_the_policy_made_it() -> N
         grantee_rpps=RADIOLOGIST_A.rpps or "",
         expires_at=now + timedelta(days=1),
     )
-    decider = await _decider(Producer(), shares=Shares(share))
-    wire = await decider.scope(RADIOLOGIST_A)
+    shares = Shares(share)
+    producer = Producer()
+    decider = await _decider(producer, shares=shares)
+    decided, wire = await decider.search(RADIOLOGIST_A, None, request=_request())
+    assert decided.allowed
+    assert shares.reads == 1, "one read of the caller's shares serves the decision and the scope"
+    assert [(e.action, e.decision) for e in producer.decisions()] == [("search", "allow")]
     expected = wire_scope(search_scope(RADIOLOGIST_A, InMemoryConsentView(), [share], [], now))
     assert wire == expected
     assert WireSearchScope.decode(wire.encode()) == wire
     assert {clause.facility_finess for clause in wire.clauses} == {A, None}
-    patient_scope = await decider.scope(PATIENT)
+    _, patient_scope = await decider.search(PATIENT, None, request=_request())
     assert [set(clause.patient_keys or ()) for clause in patient_scope.clauses] == [PATIENT.patient_keys]

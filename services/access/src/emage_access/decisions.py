@@ -13,6 +13,7 @@ the very answer an unknown Study Instance UID gets.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -115,18 +116,78 @@ class AccessDecider:
         decided like an upload without a study rather than denied as unknown.
         """
         now = datetime.now(UTC)
-        study = None
-        if study_instance_uid is not None:
-            study = await self._directory.attributes(study_instance_uid)
+        study, (shares, grants) = await self._facts(caller, study_instance_uid, now)
+        if requested_break_glass is not None:
+            grants.append(requested_break_glass)
+        return await self._decide(
+            caller,
+            action,
+            study_instance_uid,
+            study,
+            shares,
+            grants,
+            now=now,
+            request=request,
+            justification=justification,
+            audit_action=audit_action,
+            new_study_allowed=new_study_allowed,
+        )
+
+    async def search(
+        self, caller: Principal | LinkSession, study_instance_uid: str | None, *, request: Request
+    ) -> tuple[Decided, WireSearchScope]:
+        """Decide and audit a QIDO-RS search, and the scope the catalog applies to it, from one read of
+        the caller's shares and grants."""
+        now = datetime.now(UTC)
+        study, (shares, grants) = await self._facts(caller, study_instance_uid, now)
+        decided = await self._decide(
+            caller, Action.SEARCH, study_instance_uid, study, shares, grants, now=now, request=request
+        )
+        if isinstance(caller, LinkSession):
+            scope = WireSearchScope(
+                clauses=(WireScopeClause(study_instance_uids=(caller.study_instance_uid,)),)
+            )
+        else:
+            scope = wire_scope(search_scope(caller, self._consent, shares, grants, now, self._settings))
+        return decided, scope
+
+    async def _facts(
+        self, caller: Principal | LinkSession, study_instance_uid: str | None, now: datetime
+    ) -> tuple[StudyAttributes | None, tuple[list[Share], list[BreakGlass]]]:
+        """The study's attributes, the caller's shares and break-the-glass grants, read concurrently."""
+
+        async def study() -> StudyAttributes | None:
+            if study_instance_uid is None:
+                return None
+            return await self._directory.attributes(study_instance_uid)
+
+        async def grants() -> tuple[list[Share], list[BreakGlass]]:
+            if isinstance(caller, LinkSession):
+                return [], []
+            return await asyncio.gather(self._shares_of(caller), self._grants_of(caller, now))
+
+        return await asyncio.gather(study(), grants())
+
+    async def _decide(
+        self,
+        caller: Principal | LinkSession,
+        action: Action,
+        study_instance_uid: str | None,
+        study: StudyAttributes | None,
+        shares: list[Share],
+        grants: list[BreakGlass],
+        *,
+        now: datetime,
+        request: Request,
+        justification: str | None = None,
+        audit_action: AccessAction | None = None,
+        new_study_allowed: bool = False,
+    ) -> Decided:
         if isinstance(caller, LinkSession):
             decision = decide_link(caller, action, study_instance_uid, now)
         elif study_instance_uid is not None and study is None and not new_study_allowed:
             decision = Decision.deny(Reason.STUDY_UNKNOWN)
         else:
-            shares = await self._shares_of(caller)
-            grants = await self._grants_of(caller, now)
-            if requested_break_glass is not None:
-                grants.append(requested_break_glass)
             decision = decide(
                 caller,
                 action,
@@ -153,23 +214,6 @@ class AccessDecider:
             now=now,
         )
         return Decided(decision, study)
-
-    async def scope(self, caller: Principal | LinkSession) -> WireSearchScope:
-        """The studies ``caller`` may find now, as the catalog applies it."""
-        if isinstance(caller, LinkSession):
-            return WireSearchScope(
-                clauses=(WireScopeClause(study_instance_uids=(caller.study_instance_uid,)),)
-            )
-        now = datetime.now(UTC)
-        scope = search_scope(
-            caller,
-            self._consent,
-            await self._shares_of(caller),
-            await self._grants_of(caller, now),
-            now,
-            self._settings,
-        )
-        return wire_scope(scope)
 
     async def _shares_of(self, principal: Principal) -> list[Share]:
         if principal.rpps is None or principal.role not in HEALTH_PROFESSIONAL_ROLES:

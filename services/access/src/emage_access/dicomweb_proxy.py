@@ -178,27 +178,33 @@ async def dicomweb(
     target = classify(request.method, path)
     if target is None:
         raise HTTPException(404, "No such DICOMweb resource.")
-    decided = await decider.decide(
-        caller,
-        target.action,
-        target.study_instance_uid,
-        request=request,
-        new_study_allowed=target.action is Action.STORE,
-    )
     headers = _upstream_headers(request)
-    if target.action is Action.SEARCH and (decided.allowed or target.study_instance_uid is not None):
-        scope = (await decider.scope(caller)).encode()
-        if len(scope) > MAX_SCOPE_HEADER_BYTES:
-            raise HTTPException(
-                422, "Your access covers too many separate grants to search them at once; search by study."
-            )
-        headers[SEARCH_SCOPE_HEADER] = scope
-        # A denied search on one study is forwarded too: the scope hides the study, so the answer is the
-        # same empty result an unknown study gets.
-    elif not decided.allowed:
-        if target.study_instance_uid is None:
+    if target.action is Action.SEARCH:
+        decided, scope = await decider.search(caller, target.study_instance_uid, request=request)
+        if decided.allowed or target.study_instance_uid is not None:
+            # A denied search on one study is forwarded too: the scope hides the study, so the answer is
+            # the same empty result an unknown study gets.
+            encoded = scope.encode()
+            if len(encoded) > MAX_SCOPE_HEADER_BYTES:
+                raise HTTPException(
+                    422,
+                    "Your access covers too many separate grants to search them at once; search by study.",
+                )
+            headers[SEARCH_SCOPE_HEADER] = encoded
+        else:
             raise HTTPException(403, "Your role may not do this.")
-        raise not_found()
+    else:
+        decided = await decider.decide(
+            caller,
+            target.action,
+            target.study_instance_uid,
+            request=request,
+            new_study_allowed=target.action is Action.STORE,
+        )
+        if not decided.allowed:
+            if target.study_instance_uid is None:
+                raise HTTPException(403, "Your role may not do this.")
+            raise not_found()
     if target.action is Action.STORE and not isinstance(caller, LinkSession) and caller.facility_finess:
         headers[FACILITY_HEADER] = caller.facility_finess
     clients: dict[Upstream, httpx.AsyncClient] = request.app.state.upstreams
