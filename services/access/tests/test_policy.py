@@ -22,6 +22,7 @@ from emage_access.domain.consent_view import (
     PatientConsents,
 )
 from emage_access.domain.policy import (
+    DEFAULT_SETTINGS,
     IMAGE_ACTIONS,
     Action,
     BreakGlass,
@@ -263,26 +264,37 @@ MATRIX_CASES = [
 ]
 
 
-def _decide_in(principal: Principal, world: World, action: Action) -> Decision:
-    """``principal``'s decision on :data:`STUDY` in ``world`` (its consents, shares, break-glass grants)."""
+def _decide_in(
+    principal: Principal,
+    world: World | GeneratedWorld,
+    action: Action,
+    study: StudyAttributes | None = STUDY,
+    settings: PolicySettings = DEFAULT_SETTINGS,
+) -> Decision:
+    """``principal``'s decision on ``study`` in ``world`` (its consents, shares, break-glass grants)."""
     return decide(
         principal,
         action,
-        STUDY,
+        study,
         consent=world.consent,
         shares=world.shares,
         break_glass=world.break_glass,
         now=NOW,
+        settings=settings,
     )
+
+
+def _decide_as(persona: str, situation: str, action: Action) -> Decision:
+    """``persona``'s decision on :data:`STUDY` in the world that ``situation`` builds for them."""
+    principal = PERSONAS[persona]
+    return _decide_in(principal, SITUATIONS[situation](principal), action)
 
 
 @pytest.mark.parametrize(("row", "action"), MATRIX_CASES)
 def test_matrix(row: Row, action: Action) -> None:
-    principal = PERSONAS[row.persona]
-    world = SITUATIONS[row.situation](principal)
     expected_basis = next((basis for basis, actions in row.allowed.items() if action in actions), None)
 
-    decision = _decide_in(principal, world, action)
+    decision = _decide_as(row.persona, row.situation, action)
 
     assert (decision.allowed, decision.basis) == (expected_basis is not None, expected_basis), decision.reason
 
@@ -317,16 +329,6 @@ REASONS = [
 ]
 
 
-@pytest.mark.parametrize(("persona", "situation", "action", "reason"), REASONS)
-def test_denial_reason(persona: str, situation: str, action: Action, reason: str) -> None:
-    principal = PERSONAS[persona]
-    world = SITUATIONS[situation](principal)
-
-    decision = _decide_in(principal, world, action)
-
-    assert decision == Decision(allowed=False, reason=reason)
-
-
 ALLOW_REASONS = [
     ("radiologist-a", "nothing", RETRIEVE, "care_owning_facility"),
     ("nurse-a", "nothing", RETRIEVE, "care_owning_facility"),
@@ -340,16 +342,16 @@ ALLOW_REASONS = [
     ("dpo", "nothing", VERIFY_AUDIT, "audit_role"),
 ]
 
+REASON_CASES = [*((*case, False) for case in REASONS), *((*case, True) for case in ALLOW_REASONS)]
 
-@pytest.mark.parametrize(("persona", "situation", "action", "reason"), ALLOW_REASONS)
-def test_allow_reason(persona: str, situation: str, action: Action, reason: str) -> None:
-    principal = PERSONAS[persona]
-    world = SITUATIONS[situation](principal)
 
-    decision = _decide_in(principal, world, action)
+@pytest.mark.parametrize(("persona", "situation", "action", "reason", "allowed"), REASON_CASES)
+def test_decision_reason(persona: str, situation: str, action: Action, reason: str, allowed: bool) -> None:
+    decision = _decide_as(persona, situation, action)
 
-    assert decision.allowed
-    assert decision.reason == reason
+    # A denial is exactly Decision(allowed=False, reason=reason): no basis; an allowance has one.
+    assert (decision.allowed, decision.reason) == (allowed, reason)
+    assert (decision.basis is None) == (not allowed), decision
 
 
 # --- Requests that target no single study -------------------------------------------------------------------
@@ -817,16 +819,7 @@ def test_search_scope_agrees_with_decide(
     scope = search_scope(principal, world.consent, world.shares, world.break_glass, NOW, policy)
 
     for study in world.studies:
-        decision = decide(
-            principal,
-            Action.SEARCH,
-            study,
-            consent=world.consent,
-            shares=world.shares,
-            break_glass=world.break_glass,
-            now=NOW,
-            settings=policy,
-        )
+        decision = _decide_in(principal, world, Action.SEARCH, study, policy)
         assert decision.allowed == scope.matches(study), (study, decision)
         if decision.allowed:
             assert decision.basis in scope.bases_for(study)
@@ -858,16 +851,7 @@ def test_the_dpo_never_gets_an_image_action(
     world: GeneratedWorld, action: Action, policy: PolicySettings
 ) -> None:
     for study in [*world.studies, None]:
-        decision = decide(
-            PERSONAS["dpo"],
-            action,
-            study,
-            consent=world.consent,
-            shares=world.shares,
-            break_glass=world.break_glass,
-            now=NOW,
-            settings=policy,
-        )
+        decision = _decide_in(PERSONAS["dpo"], world, action, study, policy)
         assert not decision.allowed
 
 
@@ -883,16 +867,7 @@ def test_a_patient_never_reaches_another_patients_study(
 ) -> None:
     scope = search_scope(principal, world.consent, world.shares, world.break_glass, NOW, policy)
     for study in world.studies:
-        decision = decide(
-            principal,
-            action,
-            study,
-            consent=world.consent,
-            shares=world.shares,
-            break_glass=world.break_glass,
-            now=NOW,
-            settings=policy,
-        )
+        decision = _decide_in(principal, world, action, study, policy)
         if study.patient_key not in principal.patient_keys:
             assert not decision.allowed
             assert not scope.matches(study)
