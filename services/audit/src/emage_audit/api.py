@@ -85,6 +85,8 @@ def _settings(request: Request) -> Settings:
 Service = Annotated[AuditService, Depends(_service)]
 Offset = Annotated[int, Query(ge=0, le=1_000_000, description="How many matches to skip.")]
 LanguageQuery = Annotated[Language, Query(description="`fr` (default) or `en`.")]
+WordedLimit = Annotated[int, Query(ge=1, le=500)]
+"""Page size of what is worded for a reader (access log lines, alerts)."""
 
 
 # --- Response shapes --------------------------------------------------------------------------------------
@@ -315,6 +317,25 @@ def _page_limit(request: Request, limit: int | None) -> int:
     return maximum if limit is None else min(limit, maximum)
 
 
+class RecordSearch:
+    """One page of a search of the trail: the filters narrowed to what the caller may read, and the paging."""
+
+    def __init__(
+        self,
+        request: Request,
+        principal: Principal,
+        filters: Filters,
+        limit: Annotated[int | None, Query(ge=1)] = None,
+        offset: Offset = 0,
+    ) -> None:
+        self.query = filters.query(readable_patients(principal))
+        self.offset = offset
+        self.limit = _page_limit(request, limit)
+
+
+Search = Annotated[RecordSearch, Depends()]
+
+
 @router.get(
     "/me",
     response_model=AccessLogOut,
@@ -327,7 +348,7 @@ async def my_access_log(
     service: Service,
     lang: LanguageQuery = "fr",
     include_denied: Annotated[bool, Query(description="Also the refused attempts.")] = False,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    limit: WordedLimit = 50,
     offset: Offset = 0,
 ) -> AccessLogOut:
     if principal.role != "patient":
@@ -350,19 +371,8 @@ async def my_access_log(
     summary="Search the trail, most recent first; the total is in X-Total-Count",
     responses=_ERRORS,
 )
-async def records(
-    request: Request,
-    response: Response,
-    principal: Principal,
-    service: Service,
-    filters: Filters,
-    limit: Annotated[int | None, Query(ge=1)] = None,
-    offset: Offset = 0,
-) -> list[RecordOut]:
-    patients = readable_patients(principal)
-    total, found = await service.search(
-        filters.query(patients), offset=offset, limit=_page_limit(request, limit)
-    )
+async def records(response: Response, service: Service, search: Search) -> list[RecordOut]:
+    total, found = await service.search(search.query, offset=search.offset, limit=search.limit)
     response.headers[TOTAL_COUNT_HEADER] = str(total)
     return [RecordOut.of(record) for record in found]
 
@@ -373,33 +383,29 @@ async def records(
     response_class=Response,
     responses={200: {"description": "A Bundle.", "content": {FHIR_JSON: {}}}, **_ERRORS},
 )
-async def fhir(
-    request: Request,
-    principal: Principal,
-    service: Service,
-    filters: Filters,
-    limit: Annotated[int | None, Query(ge=1)] = None,
-    offset: Offset = 0,
-) -> Response:
-    patients = readable_patients(principal)
-    bundle = await service.fhir_bundle(
-        filters.query(patients), offset=offset, limit=_page_limit(request, limit)
-    )
+async def fhir(service: Service, search: Search) -> Response:
+    bundle = await service.fhir_bundle(search.query, offset=search.offset, limit=search.limit)
     return Response(
         bundle.model_dump_json(), media_type=FHIR_JSON, headers={TOTAL_COUNT_HEADER: str(bundle.total)}
     )
 
 
-@router.api_route(
-    "/verify",
-    methods=["GET", "POST"],
-    response_model=VerificationOut,
-    summary="Recompute the chain and its signed checkpoints; name the first broken record (DPO)",
-    responses=_ERRORS,
-)
 async def verify(principal: Principal, service: Service) -> VerificationOut:
     require_dpo(principal)
     return VerificationOut.of(await service.verify())
+
+
+for _method in ("GET", "POST"):
+    # One OpenAPI operation per method (a shared one would repeat its operation id).
+    router.add_api_route(
+        "/verify",
+        verify,
+        methods=[_method],
+        operation_id=f"verify_{_method.lower()}",
+        response_model=VerificationOut,
+        summary="Recompute the chain and its signed checkpoints; name the first broken record (DPO)",
+        responses=_ERRORS,
+    )
 
 
 @router.get(
@@ -413,7 +419,7 @@ async def alerts(
     principal: Principal,
     service: Service,
     lang: LanguageQuery = "fr",
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    limit: WordedLimit = 50,
     offset: Offset = 0,
 ) -> AlertsOut:
     total, found = await service.alerts(readable_patients(principal), lang=lang, offset=offset, limit=limit)

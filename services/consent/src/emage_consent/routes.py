@@ -12,6 +12,7 @@ professional's.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Security
@@ -22,7 +23,7 @@ from pydantic_core import to_json
 from emage_common.access_contract import PRINCIPAL_HEADER, ForwardedPrincipal
 from emage_common.events import PatientKey
 from emage_consent import fhir
-from emage_consent.domain.model import ConsentState, Provision
+from emage_consent.domain.model import Consent, ConsentRecord, ConsentState, Provision
 from emage_consent.ports import ConsentQuery
 from emage_consent.schemas import (
     CLOSING_EXAMPLES,
@@ -105,9 +106,34 @@ Limit = Annotated[int, Query(ge=1, le=1000, description="Page size.")]
 Offset = Annotated[int, Query(ge=0, le=1_000_000, description="Consents skipped before the page.")]
 
 
-def _created(response: Response, consent: ConsentOut) -> ConsentOut:
+def _created_responses(what: str) -> Responses:
+    """A 201 with the new record's ``Location``, and the refusals of a write."""
+    return {
+        201: {
+            "description": "Recorded; its event is in Kafka or in the outbox.",
+            "headers": {"Location": {"description": f"The {what}'s URL", "schema": {"type": "string"}}},
+        },
+        **_WRITE_ERRORS,
+    }
+
+
+def _closing_responses(conflict: str) -> Responses:
+    """The refusals of closing a consent, with the 409 of the wrong kind of consent."""
+    return {**_WRITE_ERRORS, 409: _problem(conflict)}
+
+
+def _created(response: Response, service: ConsentService, consent: Consent) -> ConsentOut:
+    """The consent just recorded, its URL in ``Location``."""
     response.headers["Location"] = f"{PREFIX}/{consent.consent_id}"
-    return consent
+    return ConsentOut.of(consent, service.now())
+
+
+def _reason(body: ClosingRequest | None) -> str | None:
+    return body.reason if body is not None else None
+
+
+def _history(records: Iterable[ConsentRecord]) -> HistoryOut:
+    return HistoryOut(records=[RecordOut.of(record) for record in records])
 
 
 def _fhir(document: dict[str, Any]) -> Response:
@@ -146,13 +172,7 @@ _CONSENT_RESOURCE_EXAMPLE: Final = {
     status_code=201,
     response_model=ConsentOut,
     summary="Grant a consent to sharing (a patient, or a professional recording it at the exam)",
-    responses={
-        201: {
-            "description": "Recorded; its event is in Kafka or in the outbox.",
-            "headers": {"Location": {"description": "The consent's URL", "schema": {"type": "string"}}},
-        },
-        **_WRITE_ERRORS,
-    },
+    responses=_created_responses("consent"),
 )
 async def grant(
     body: Annotated[GrantRequest, Body(openapi_examples=GRANT_EXAMPLES)],
@@ -161,7 +181,7 @@ async def grant(
     response: Response,
 ) -> ConsentOut:
     consent = await service.grant(principal, body.draft())
-    return _created(response, ConsentOut.of(consent, service.now()))
+    return _created(response, service, consent)
 
 
 @router.get(
@@ -195,13 +215,7 @@ async def list_consents(
     status_code=201,
     response_model=ConsentOut,
     summary="Oppose the sharing of all one's studies (or of one): a consent with a deny provision",
-    responses={
-        201: {
-            "description": "Recorded; its event is in Kafka or in the outbox.",
-            "headers": {"Location": {"description": "The opposition's URL", "schema": {"type": "string"}}},
-        },
-        **_WRITE_ERRORS,
-    },
+    responses=_created_responses("opposition"),
 )
 async def oppose(
     body: Annotated[OppositionRequest, Body(openapi_examples=OPPOSITION_EXAMPLES)],
@@ -210,7 +224,7 @@ async def oppose(
     response: Response,
 ) -> ConsentOut:
     consent = await service.oppose(principal, body.draft())
-    return _created(response, ConsentOut.of(consent, service.now()))
+    return _created(response, service, consent)
 
 
 @router.get(
@@ -234,10 +248,7 @@ async def list_oppositions(
     "/oppositions/{consent_id}/lift",
     response_model=ConsentOut,
     summary="Lift an opposition (the patient only); lifting a lifted one changes nothing",
-    responses={
-        **_WRITE_ERRORS,
-        409: _problem("The consent is a grant, not an opposition: revoke it instead."),
-    },
+    responses=_closing_responses("The consent is a grant, not an opposition: revoke it instead."),
 )
 async def lift(
     consent_id: str,
@@ -245,7 +256,7 @@ async def lift(
     service: Service,
     body: Annotated[ClosingRequest | None, Body(openapi_examples=CLOSING_EXAMPLES)] = None,
 ) -> ConsentOut:
-    consent = await service.lift(principal, consent_id, body.reason if body is not None else None)
+    consent = await service.lift(principal, consent_id, _reason(body))
     return ConsentOut.of(consent, service.now())
 
 
@@ -257,7 +268,7 @@ async def lift(
 )
 async def history(principal: Principal, service: Service, patient_key: PatientKeyQuery = None) -> HistoryOut:
     records = await service.history(principal, patient_key)
-    return HistoryOut(records=[RecordOut.of(record) for record in records])
+    return _history(records)
 
 
 @router.get(
@@ -324,7 +335,7 @@ async def get_consent(consent_id: str, principal: Principal, service: Service) -
 )
 async def consent_history(consent_id: str, principal: Principal, service: Service) -> HistoryOut:
     records = await service.records(principal, consent_id)
-    return HistoryOut(records=[RecordOut.of(record) for record in records])
+    return _history(records)
 
 
 @router.get(
@@ -342,10 +353,7 @@ async def consent_fhir(consent_id: str, principal: Principal, service: Service) 
     "/{consent_id}/revoke",
     response_model=ConsentOut,
     summary="Revoke a grant; revoking a revoked one changes nothing",
-    responses={
-        **_WRITE_ERRORS,
-        409: _problem("The consent is an opposition: lift it instead."),
-    },
+    responses=_closing_responses("The consent is an opposition: lift it instead."),
 )
 async def revoke(
     consent_id: str,
@@ -353,5 +361,5 @@ async def revoke(
     service: Service,
     body: Annotated[ClosingRequest | None, Body(openapi_examples=CLOSING_EXAMPLES)] = None,
 ) -> ConsentOut:
-    consent = await service.revoke(principal, consent_id, body.reason if body is not None else None)
+    consent = await service.revoke(principal, consent_id, _reason(body))
     return ConsentOut.of(consent, service.now())

@@ -187,20 +187,30 @@ def spoken_time(instant: str | datetime, lang: Language) -> str:
     return f"{spoken_date(moment, lang)} at {moment:%H:%M} (Paris time)"
 
 
+def _words(
+    table: Mapping[str, Mapping[Language, str]],
+    key: str,
+    lang: Language,
+    unknown: Mapping[Language, str] | None = None,
+) -> str:
+    """``key`` in words from ``table``; a key it does not know as ``unknown`` says (by default, as is)."""
+    return table.get(key, {"fr": key, "en": key} if unknown is None else unknown)[lang]
+
+
 def profession(role: str, lang: Language) -> str:
-    return _PROFESSIONS.get(role, {"fr": role, "en": role})[lang]
+    return _words(_PROFESSIONS, role, lang)
 
 
 def basis_words(basis: str | None, lang: Language) -> str | None:
-    return None if basis is None else _BASES.get(basis, {"fr": basis, "en": basis})[lang]
+    return None if basis is None else _words(_BASES, basis, lang)
 
 
 def exam_label(study_instance_uid: str, facts: ExamFacts | None, lang: Language) -> str:
     """``Scanner du 10 mars 2025 (THORAX)`` when the trail saw the exam archived, else its UID."""
     if facts is None:
         return ("examen " if lang == "fr" else "exam ") + study_instance_uid
-    kind = _MODALITIES.get(facts.modality, {"fr": f"Examen {facts.modality}", "en": f"{facts.modality} exam"})
-    label = kind[lang]
+    unknown: Mapping[Language, str] = {"fr": f"Examen {facts.modality}", "en": f"{facts.modality} exam"}
+    label = _words(_MODALITIES, facts.modality, lang, unknown)
     if facts.study_date is not None and len(facts.study_date) == 8 and facts.study_date.isdigit():
         date = datetime(int(facts.study_date[:4]), int(facts.study_date[4:6]), int(facts.study_date[6:]))
         label += (" du " if lang == "fr" else " of ") + spoken_date(date, lang)
