@@ -12,7 +12,7 @@ UV_VERSION := 0.13.8
 UV := $(CURDIR)/.local/tools/bin/uv
 PY := $(CURDIR)/.venv/bin/python
 
-.PHONY: help run test bootstrap provision dicom-tools lint typecheck unit integration bench clean
+.PHONY: help run test bootstrap provision dicom-tools browser lint typecheck unit integration bench clean
 
 help:
 	@echo "make run    start Kafka, MongoDB, S3, Keycloak, the five services and demo data (Ctrl-C stops all)"
@@ -34,6 +34,11 @@ dicom-tools:
 	command -v storescu >/dev/null && test -x /usr/sbin/Orthanc && test -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so \
 	  || { apt-get update -qq && apt-get install -y -qq --no-install-recommends dcmtk orthanc orthanc-dicomweb; }
 
+# Debian's chromium for the browser tests of the viewer and the portal (Playwright drives it; its own browser
+# download is not reachable from here and not needed).
+browser:
+	test -x /usr/bin/chromium || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; }
+
 run: provision
 	exec $(PY) -m emage_devstack up --profile run
 
@@ -44,13 +49,13 @@ lint: bootstrap
 typecheck: bootstrap
 	$(UV) run --frozen mypy libs/common/src services/*/src deploy/local/src tools/cli/src
 
-test: provision dicom-tools lint typecheck
+test: provision dicom-tools browser lint typecheck
 	$(PY) -m pytest
 
 unit: bootstrap
 	$(PY) -m pytest -m "not integration" --ignore=tests/integration
 
-integration: provision dicom-tools
+integration: provision dicom-tools browser
 	$(PY) -m pytest tests/integration
 
 # Benchmarks side by side with Orthanc (issue 8), written to docs/benchmarks.md; not part of `make test`.
