@@ -61,17 +61,18 @@ def test_consent_grant_revoke_oppose_and_break_the_glass(
     referrer, radiologist = tokens("referrer-a"), tokens("radiologist-a")
     assert _status(gateway, colleague, study) == 404
 
-    granted = gateway.post(
-        "/api/v1/consents",
-        json={
-            "patient_key": PATIENT_1_KEY,
-            "grantee": {"kind": "professional", "rpps": RPPS["radiologist-b"]},
-            "study_instance_uid": study.uid,
-        },
-        headers=_auth(patient),
-    )
+    grant = {
+        "patient_key": PATIENT_1_KEY,
+        "grantee": {"kind": "professional", "rpps": RPPS["radiologist-b"]},
+        "study_instance_uid": study.uid,
+    }
+    once = {**_auth(patient), "Idempotency-Key": f"grant-{study.uid}"}
+    granted = gateway.post("/api/v1/consents", json=grant, headers=once)
     assert granted.status_code == 201, granted.text
     consent_id = granted.json()["consent_id"]
+    # The portal lost the answer and retries with the same key: the same consent, not a second one.
+    retried = gateway.post("/api/v1/consents", json=grant, headers=once)
+    assert (retried.status_code, retried.json()) == (201, granted.json())
     _eventually(lambda: _status(gateway, colleague, study) == 200, "the consent never took effect")
 
     revoked = gateway.post(f"/api/v1/consents/{consent_id}/revoke", json={}, headers=_auth(patient))

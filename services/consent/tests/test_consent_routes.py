@@ -312,3 +312,53 @@ def test_an_unavailable_database_is_503_to_retry(client: TestClient, fakes: Any)
     problem = is_problem(client.post(BASE, headers=ME, json={"grantee": TO_B}), 503)
     assert "retry" in problem["detail"]
     assert fakes.events.published == []
+
+
+def test_a_retried_creation_with_its_idempotency_key_returns_the_first_consent(
+    client: TestClient, fakes: Any
+) -> None:
+    retry = {**ME, "Idempotency-Key": "9f1c2e0a-portal-grant-1"}
+    first = client.post(BASE, headers=retry, json={"grantee": TO_B})
+    again = client.post(BASE, headers=retry, json={"grantee": TO_B})
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert again.json() == first.json()
+    assert again.headers["Location"] == first.headers["Location"]
+    assert len(fakes.store.appended) == 1
+    assert len(fakes.events.published) == 1
+
+    opposition = {**ME, "Idempotency-Key": "9f1c2e0a-portal-oppose-1"}
+    opposed = [client.post(f"{BASE}/oppositions", headers=opposition, json={}) for _ in range(2)]
+    assert [response.status_code for response in opposed] == [201, 201]
+    assert opposed[0].json() == opposed[1].json()
+    assert len(fakes.store.appended) == 2
+
+
+def test_an_idempotency_key_is_the_callers_own(client: TestClient, fakes: Any) -> None:
+    key = {"Idempotency-Key": "same-key"}
+    mine = client.post(BASE, headers={**ME, **key}, json={"grantee": TO_B})
+    theirs = client.post(BASE, headers={**OTHER_PATIENT, **key}, json={"grantee": TO_B})
+    assert (mine.status_code, theirs.status_code) == (201, 201)
+    assert mine.json()["consent_id"] != theirs.json()["consent_id"]
+    assert theirs.json()["patient_key"] == PATIENT_2
+
+
+def test_an_idempotency_key_reused_for_another_request_is_422_and_writes_nothing(
+    client: TestClient, fakes: Any
+) -> None:
+    retry = {**ME, "Idempotency-Key": "k-1"}
+    assert client.post(BASE, headers=retry, json={"grantee": TO_B}).status_code == 201
+    written = (list(fakes.store.appended), list(fakes.events.published))
+    other_grantee = {"kind": "professional", "rpps": "10100000016"}
+    for path, body in ((BASE, {"grantee": other_grantee}), (f"{BASE}/oppositions", {})):
+        problem = is_problem(client.post(path, headers=retry, json=body), 422)
+        assert "Idempotency-Key" in problem["detail"]
+    assert (fakes.store.appended, fakes.events.published) == written
+
+
+@pytest.mark.parametrize("key", ["", "has space", "tab\tinside", "x" * 129])
+def test_a_malformed_idempotency_key_is_422_and_writes_nothing(
+    client: TestClient, fakes: Any, key: str
+) -> None:
+    response = client.post(BASE, headers={**ME, "Idempotency-Key": key}, json={"grantee": TO_B})
+    is_problem(response, 422)
+    assert nothing_written(fakes)

@@ -28,7 +28,7 @@ AUDIT: Final = "audit"
 
 router = APIRouter(prefix="/api/v1")
 
-_FORWARDED_HEADERS: Final = ("accept", "accept-language", "content-type", "content-length")
+_FORWARDED_HEADERS: Final = ("accept", "accept-language", "content-type", "content-length", "idempotency-key")
 
 
 def forwarded_principal(principal: Principal) -> ForwardedPrincipal:

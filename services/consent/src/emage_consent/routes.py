@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Annotated, Any, Final
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Security
+from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Request, Security
 from fastapi.responses import Response
 from fastapi.security import APIKeyHeader
 from pydantic_core import to_json
@@ -102,6 +102,18 @@ PatientKeyQuery = Annotated[
         examples=[PATIENT_KEY_EXAMPLE],
     ),
 ]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=128,
+        pattern=r"^[\x21-\x7e]+$",
+        description="A key the client chooses per creation (a UUID, say), sent again when it retries after "
+        "losing the answer: the retry returns the consent recorded the first time. Reused for a different "
+        "request: 422. (IETF draft *The Idempotency-Key HTTP Header Field*.)",
+    ),
+]
 Limit = Annotated[int, Query(ge=1, le=1000, description="Page size.")]
 Offset = Annotated[int, Query(ge=0, le=1_000_000, description="Consents skipped before the page.")]
 
@@ -179,8 +191,9 @@ async def grant(
     principal: Principal,
     service: Service,
     response: Response,
+    idempotency_key: IdempotencyKey = None,
 ) -> ConsentOut:
-    consent = await service.grant(principal, body.draft())
+    consent = await service.grant(principal, body.draft(), idempotency_key=idempotency_key)
     return _created(response, service, consent)
 
 
@@ -222,8 +235,9 @@ async def oppose(
     principal: Principal,
     service: Service,
     response: Response,
+    idempotency_key: IdempotencyKey = None,
 ) -> ConsentOut:
-    consent = await service.oppose(principal, body.draft())
+    consent = await service.oppose(principal, body.draft(), idempotency_key=idempotency_key)
     return _created(response, service, consent)
 
 

@@ -27,6 +27,7 @@ from emage_consent.domain.rules import (
     AtFacility,
     ConflictError,
     GrantDraft,
+    IdempotencyKeyReusedError,
     InvalidConsentError,
     NotFoundError,
     OppositionDraft,
@@ -46,6 +47,8 @@ logger = logging.getLogger(__name__)
 
 EVENT_SOURCE: Final = "/emage/consent"
 _DECISION_ATTEMPTS: Final = 3
+#: Namespace of the consent ids derived from a client's ``Idempotency-Key``.
+_IDEMPOTENT_ID_NAMESPACE: Final = uuid.UUID("0b6f3f0e-6c1a-4f55-a1a4-6f8f2c1d9e21")
 
 
 def utc_now() -> datetime:
@@ -54,6 +57,33 @@ def utc_now() -> datetime:
 
 def new_consent_id() -> str:
     return str(uuid.uuid4())
+
+
+def idempotent_consent_id(subject: str, idempotency_key: str) -> str:
+    """The id of the consent a caller's ``Idempotency-Key`` opens: the same for a retry of the same caller,
+    different for anyone else using the same key."""
+    return str(uuid.uuid5(_IDEMPOTENT_ID_NAMESPACE, f"{subject}\x00{idempotency_key}"))
+
+
+def _same_request(opening: ConsentRecord, retried: ConsentRecord) -> bool:
+    """Whether a retried creation asks for what the recorded one did (its time aside)."""
+    return (
+        opening.action,
+        opening.patient_key,
+        opening.grantee,
+        opening.study_instance_uid,
+        opening.period,
+        opening.information,
+        opening.recorded_by,
+    ) == (
+        retried.action,
+        retried.patient_key,
+        retried.grantee,
+        retried.study_instance_uid,
+        retried.period,
+        retried.information,
+        retried.recorded_by,
+    )
 
 
 class ConsentService:
@@ -94,17 +124,35 @@ class ConsentService:
 
     # --- Recording ------------------------------------------------------------------------------------------
 
-    async def grant(self, principal: ForwardedPrincipal, draft: GrantDraft) -> Consent:
-        """Record a grant; raises a :class:`~emage_consent.domain.rules.ConsentRuleError` if refused."""
-        record = rules.grant(principal, draft, consent_id=self._new_id(), now=self._clock())
-        await self._check_reach(principal, record.patient_key, record.study_instance_uid)
-        return await self._open(record)
+    async def grant(
+        self, principal: ForwardedPrincipal, draft: GrantDraft, *, idempotency_key: str | None = None
+    ) -> Consent:
+        """Record a grant; raises a :class:`~emage_consent.domain.rules.ConsentRuleError` if refused.
 
-    async def oppose(self, principal: ForwardedPrincipal, draft: OppositionDraft) -> Consent:
-        """Record an opposition; raises a :class:`~emage_consent.domain.rules.ConsentRuleError` if refused."""
-        record = rules.oppose(principal, draft, consent_id=self._new_id(), now=self._clock())
+        With an ``idempotency_key``, a retry of the same request (a client that lost the answer) returns the
+        consent recorded the first time instead of recording a second one.
+        """
+        consent_id = self._consent_id(principal, idempotency_key)
+        record = rules.grant(principal, draft, consent_id=consent_id, now=self._clock())
         await self._check_reach(principal, record.patient_key, record.study_instance_uid)
-        return await self._open(record)
+        return await self._open(record, idempotent=idempotency_key is not None)
+
+    async def oppose(
+        self, principal: ForwardedPrincipal, draft: OppositionDraft, *, idempotency_key: str | None = None
+    ) -> Consent:
+        """Record an opposition; raises a :class:`~emage_consent.domain.rules.ConsentRuleError` if refused.
+
+        ``idempotency_key`` as for :meth:`grant`.
+        """
+        consent_id = self._consent_id(principal, idempotency_key)
+        record = rules.oppose(principal, draft, consent_id=consent_id, now=self._clock())
+        await self._check_reach(principal, record.patient_key, record.study_instance_uid)
+        return await self._open(record, idempotent=idempotency_key is not None)
+
+    def _consent_id(self, principal: ForwardedPrincipal, idempotency_key: str | None) -> str:
+        if idempotency_key is None:
+            return self._new_id()
+        return idempotent_consent_id(principal.subject, idempotency_key)
 
     async def revoke(self, principal: ForwardedPrincipal, consent_id: str, reason: str | None) -> Consent:
         """Revoke a grant (idempotent: an inactive one is returned as it is)."""
@@ -122,14 +170,28 @@ class ConsentService:
             principal, consent_id, lambda consent, now: rules.lift(principal, consent, now=now, reason=reason)
         )
 
-    async def _open(self, record: ConsentRecord) -> Consent:
+    async def _open(self, record: ConsentRecord, *, idempotent: bool) -> Consent:
         consent = Consent.opened(record)
         try:
             await self._append(record, consent)
         except ConcurrentChangeError:
+            if idempotent:
+                return await self._replayed(record)
             # A fresh random id that exists already: never in practice, and nothing was written.
             raise ConflictError("This consent was recorded concurrently; retry.") from None
         return consent
+
+    async def _replayed(self, retried: ConsentRecord) -> Consent:
+        """The consent a reused ``Idempotency-Key`` opened, if the retry asks for the same thing."""
+        records = await self._store.records(retried.consent_id)
+        recorded = await self._store.get(retried.consent_id)
+        if not records or recorded is None:
+            raise ConflictError("This consent is being recorded concurrently; retry.")
+        if not _same_request(records[0], retried):
+            raise IdempotencyKeyReusedError(
+                "This Idempotency-Key was already used for a different request; nothing was written."
+            )
+        return recorded
 
     async def _close(
         self,

@@ -57,6 +57,11 @@ class ConflictError(ConsentRuleError):
     """The act does not apply to this consent as it stands."""
 
 
+class IdempotencyKeyReusedError(InvalidConsentError):
+    """An ``Idempotency-Key`` sent again with a different request (422, as the IETF draft
+    *The Idempotency-Key HTTP Header Field* asks)."""
+
+
 NOT_FOUND: Final = "No such consent or patient."
 
 
