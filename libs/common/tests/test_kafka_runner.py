@@ -13,7 +13,9 @@ from aiokafka import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, KafkaTimeoutError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 from opentelemetry import context, trace
-from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
@@ -41,6 +43,7 @@ from emage_common.kafka import (
     build_kafka_config,
 )
 from emage_common.settings import ServiceSettings
+from emage_common.telemetry import setup_tracing
 
 GROUP = "catalog"
 STUDY_UID = "1.2.826.0.1.3680043.8.498.10001"
@@ -180,8 +183,27 @@ class Handler:
             raise self.error
 
 
+class BatchHandler:
+    """Records the batches it is handed; fails on a batch holding an offset of ``failing_offsets``."""
+
+    def __init__(self, failing_offsets: tuple[int, ...] = ()) -> None:
+        self.batches: list[list[tuple[int, int]]] = []
+        self.failing_offsets = failing_offsets
+
+    async def __call__(self, batch: Sequence[tuple[CloudEvent, ConsumerRecordMeta]]) -> None:
+        self.batches.append([(meta.partition, meta.offset) for _, meta in batch])
+        if any(meta.offset in self.failing_offsets for _, meta in batch):
+            raise RuntimeError("one bad event spoils the transaction")
+
+
 async def run_until_drained(
-    consumer: FakeConsumer, handler: Handler, producer: FakeProducer, *, max_attempts: int = 3
+    consumer: FakeConsumer,
+    handler: Handler,
+    producer: FakeProducer,
+    *,
+    max_attempts: int = 3,
+    batch_handler: BatchHandler | None = None,
+    max_batch_bytes: int = 8 * 1024 * 1024,
 ) -> ConsumerRunner:
     runner = ConsumerRunner(
         build_kafka_config(ServiceSettings(service_name="catalog", http_port=8002)),
@@ -193,6 +215,8 @@ async def run_until_drained(
         initial_backoff_s=0.001,
         poll_timeout_ms=5,
         consumer=consumer,
+        batch_handler=batch_handler,
+        max_batch_bytes=max_batch_bytes,
     )
     await runner.start()
     await asyncio.wait_for(consumer.drained.wait(), timeout=10)
@@ -439,6 +463,119 @@ async def test_handler_runs_in_a_span_continuing_the_trace_from_the_record_heade
     await run_until_drained(consumer, handler, FakeProducer())
 
     assert handler.trace_ids == [TRACE_ID, TRACE_ID]
+
+
+# --- Batches ------------------------------------------------------------------------------------------------
+
+
+async def test_a_batch_handler_is_handed_each_partitions_records_of_a_poll_together_in_order() -> None:
+    topic = unique_topic()
+    p0, p1, p2 = (TopicPartition(topic, number) for number in range(3))
+    consumer = FakeConsumer(
+        {
+            p0: [record(topic, offset, event_bytes()) for offset in range(3)],
+            p1: [record(topic, offset, event_bytes(), partition=1) for offset in (7, 8)],
+            p2: [record(topic, 5, event_bytes(), partition=2)],
+        },
+        {p0: [record(topic, offset, event_bytes()) for offset in (3, 4)]},
+    )
+    handler, batches = Handler(), BatchHandler()
+    await run_until_drained(consumer, handler, FakeProducer(), batch_handler=batches)
+
+    assert sorted(batches.batches) == [[(0, 0), (0, 1), (0, 2)], [(0, 3), (0, 4)], [(1, 7), (1, 8)]]
+    # A lone record goes to the record handler, as without batches.
+    assert [(meta.partition, meta.offset) for _, meta in handler.calls] == [(2, 5)]
+    assert consumer.commits == [{p0: 3, p1: 9, p2: 6}, {p0: 5}]
+    assert metric("emage_kafka_records_handled_total", topic) == 8
+
+
+async def test_batches_hold_at_most_max_batch_bytes_of_values_a_larger_record_alone() -> None:
+    topic = unique_topic()
+    tp = TopicPartition(topic, 0)
+    size = len(event_bytes())
+    description = {"00081030": {"vr": "LO", "Value": ["x" * 3 * size]}}
+    large = make_event(instance_stored().model_copy(update={"dicom_json": description}), "/emage/ingest")
+    values = [event_bytes(), event_bytes(), event_bytes(), large.to_bytes(), event_bytes(), event_bytes()]
+    consumer = FakeConsumer({tp: [record(topic, offset, value) for offset, value in enumerate(values)]})
+    handler, batches = Handler(), BatchHandler()
+    await run_until_drained(
+        consumer, handler, FakeProducer(), batch_handler=batches, max_batch_bytes=2 * size
+    )
+
+    assert batches.batches == [[(0, 0), (0, 1)], [(0, 4), (0, 5)]]
+    assert [meta.offset for _, meta in handler.calls] == [2, 3]
+    assert consumer.commits == [{tp: 6}]
+
+
+async def test_a_failed_batch_is_handled_record_by_record_and_only_the_faulty_record_is_dead_lettered() -> (
+    None
+):
+    topic = unique_topic()
+    tp = TopicPartition(topic, 0)
+    consumer = FakeConsumer({tp: [record(topic, offset, event_bytes()) for offset in range(4)]})
+    batches = BatchHandler(failing_offsets=(2,))
+
+    class FailsOnOffset2(Handler):
+        async def __call__(self, event: CloudEvent, meta: ConsumerRecordMeta) -> None:
+            await super().__call__(event, meta)
+            if meta.offset == 2:
+                raise InvalidEventDataError("not an InstanceStored")
+
+    handler = FailsOnOffset2()
+    producer = FakeProducer(consumer)
+    await run_until_drained(consumer, handler, producer, batch_handler=batches)
+
+    assert batches.batches == [[(0, 0), (0, 1), (0, 2), (0, 3)]]
+    assert [meta.offset for _, meta in handler.calls] == [0, 1, 2, 3]
+    [dead] = producer.sent
+    assert dict(dead["headers"])[DLQ_ORIGINAL_OFFSET] == b"2"
+    assert consumer.commits == [{tp: 4}]
+
+
+async def test_a_batch_with_a_record_that_is_not_a_cloudevent_is_handled_record_by_record() -> None:
+    topic = unique_topic()
+    tp = TopicPartition(topic, 0)
+    consumer = FakeConsumer(
+        {tp: [record(topic, 0, event_bytes()), record(topic, 1, b"poison"), record(topic, 2, event_bytes())]}
+    )
+    handler, batches = Handler(), BatchHandler()
+    producer = FakeProducer(consumer)
+    await run_until_drained(consumer, handler, producer, batch_handler=batches)
+
+    assert batches.batches == []
+    assert [meta.offset for _, meta in handler.calls] == [0, 2]
+    assert [dead["value"] for dead in producer.sent] == [b"poison"]
+    assert consumer.commits == [{tp: 3}]
+
+
+async def test_a_batch_span_links_the_trace_of_every_record() -> None:
+    exporter = InMemorySpanExporter()
+    setup_tracing("kafkatest").add_span_processor(SimpleSpanProcessor(exporter))
+    topic = unique_topic()
+    tp = TopicPartition(topic, 0)
+    traced = make_event(instance_stored(), "/emage/ingest").model_copy(update={"traceparent": TRACEPARENT})
+    consumer = FakeConsumer(
+        {
+            tp: [
+                record(topic, 0, event_bytes(), headers=[("traceparent", TRACEPARENT.encode())]),
+                record(topic, 1, traced.to_bytes(), headers=[]),
+                record(topic, 2, event_bytes(), headers=[]),
+            ]
+        }
+    )
+    batches = BatchHandler()
+    await run_until_drained(consumer, Handler(), FakeProducer(), batch_handler=batches)
+
+    assert batches.batches == [[(0, 0), (0, 1), (0, 2)]]
+    [span] = [
+        span
+        for span in exporter.get_finished_spans()
+        if dict(span.attributes or {}).get("messaging.destination.name") == topic
+    ]
+    assert span.kind is SpanKind.CONSUMER
+    assert dict(span.attributes or {})["messaging.batch.message_count"] == 3
+    # The records that carry a trace context are linked to it; the untraced one adds no link.
+    assert [link.context.trace_id for link in span.links] == [TRACE_ID, TRACE_ID]
 
 
 # --- Publisher ----------------------------------------------------------------------------------------------

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from emage_catalog.domain.care import CareAttributes, OrderedCare, StudyOwner, with_ordered_care
+from emage_catalog.domain.care import CareAttributes, OrderedCare, OrderLookup, StudyOwner, with_ordered_care
 from emage_catalog.domain.model import CatalogConflictError
 from emage_catalog.service import CatalogService
 from emage_common.events import Acquisition, PatientIdentity
@@ -68,12 +69,20 @@ class MemoryOrders:
         self.orders[announced.order_key] = announced
         return announced, stored_order
 
-    async def ordered_care(self, study: str, facility: str, accession: str | None) -> OrderedCare | None:
-        for order in self.orders.values():
-            if order.study_instance_uid == study:
-                return order
-        order = self.orders.get(f"{facility}/{accession}")
-        return order if order is not None and order.study_instance_uid is None else None
+    async def ordered_care(self, lookups: Collection[OrderLookup]) -> dict[OrderLookup, OrderedCare]:
+        found = {}
+        for lookup in lookups:
+            naming = [
+                order
+                for order in self.orders.values()
+                if order.study_instance_uid == lookup.study_instance_uid
+            ]
+            order = self.orders.get(f"{lookup.facility_finess}/{lookup.accession_number}")
+            if naming:
+                found[lookup] = naming[0]
+            elif order is not None and order.study_instance_uid is None:
+                found[lookup] = order
+        return found
 
     async def studies_of_order(self, order: OrderedCare) -> list[StudyOwner]:
         return [
@@ -253,15 +262,15 @@ async def test_an_order_announced_while_an_instance_is_recorded_is_not_lost(
     lookups = 0
     original = orders.ordered_care
 
-    async def announced_meanwhile(study: str, facility: str, accession: str | None) -> OrderedCare | None:
+    async def announced_meanwhile(studies: Collection[OrderLookup]) -> dict[OrderLookup, OrderedCare]:
         nonlocal lookups
         lookups += 1
         if lookups == 1:
             # The acquisition consumer records and applies the order right after the instance's first look.
-            found = await original(study, facility, accession)
+            found = await original(studies)
             await service.record_acquisition(acquisition(), event_id="e1", announced_at=T0)
             return found
-        return await original(study, facility, accession)
+        return await original(studies)
 
     orders.ordered_care = announced_meanwhile  # type: ignore[method-assign]
     await service.record_instance(stored(1, 1, 1, referrer=REFERRER, operators=(OPERATOR,)), revision=1)
@@ -299,3 +308,32 @@ async def test_an_event_naming_another_patient_s_study_grants_nothing(
     )
     await service.record_instance(stored(3, 1, 1, operators=(OPERATOR,)), revision=1)
     assert catalog.studies[f"{ROOT}.3"]["q"]["performing_technician_rpps"] == [OPERATOR]
+
+
+async def test_a_run_of_instances_merges_the_order_as_its_instances_one_by_one_would(
+    service: CatalogService, catalog: Any
+) -> None:
+    await service.record_acquisition(acquisition(), event_id="e1", announced_at=T0)
+    run = [
+        stored(1, 1, 1, referrer=REFERRER, operators=(OPERATOR,)),
+        stored(1, 2, 1, operators=(OTHER_TECHNICIAN,)),
+        stored(1, 1, 2, referrer=REFERRER, operators=(OPERATOR,)),
+        stored(2, 1, 1, referrer=REFERRER),  # another study, no order: its headers' referrer
+    ]
+    await service.record_instances([(event, revision) for revision, event in enumerate(run, start=1)])
+    assert catalog.filings == 1
+
+    alone = MemoryStore()
+    one_by_one = CatalogService(alone, on_study_changed=lambda: None, orders=MemoryOrders(alone))  # type: ignore[arg-type]
+    await one_by_one.record_acquisition(acquisition(), event_id="e1", announced_at=T0)
+    for revision, event in enumerate(run, start=1):
+        await one_by_one.record_instance(event, revision=revision)
+    assert (catalog.studies, catalog.series, catalog.instances) == (
+        alone.studies,
+        alone.series,
+        alone.instances,
+    )
+    study = catalog.studies[STUDY]["q"]
+    assert study["referring_physician_rpps"] == ORDERED_REFERRER
+    assert study["performing_technician_rpps"] == sorted({OPERATOR, OTHER_TECHNICIAN, TECHNICIAN})
+    assert catalog.studies[f"{ROOT}.2"]["q"]["referring_physician_rpps"] == REFERRER

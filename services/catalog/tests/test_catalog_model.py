@@ -144,12 +144,15 @@ def test_index_fields_keep_the_keys_of_one_level() -> None:
     }
 
 
+NO_SERIES = SeriesSummary(None, 0, ())
+
+
 @pytest.mark.parametrize(
     ("study", "series", "instance", "reason"),
     [
         (StudyState("690000002", {}, 1, False), None, None, "belongs to facility 690000002"),
-        (None, SeriesState("1.2.9", {}), None, f"series {SERIES} is catalogued in study 1.2.9"),
-        (None, None, InstancePlacement(STUDY, "1.2.9"), f"instance {SOP} is catalogued in series 1.2.9"),
+        (None, SeriesState("1.2.9", {}, NO_SERIES), None, f"series {SERIES} is catalogued in study 1.2.9"),
+        (None, None, InstancePlacement(STUDY, "1.2.9", CT), f"instance {SOP} is catalogued in series 1.2.9"),
     ],
 )
 def test_conflicting_entries_are_refused_for_the_dead_letter_topic(
@@ -165,8 +168,8 @@ def test_consistent_entries_pass() -> None:
     check_consistency(
         catalog_entry(stored()),
         study=StudyState("750000001", {}, 3, False),
-        series=SeriesState(STUDY, {}),
-        instance=InstancePlacement(STUDY, SERIES),
+        series=SeriesState(STUDY, {}, SeriesSummary("CT", 1, (CT,))),
+        instance=InstancePlacement(STUDY, SERIES, CT),
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -10,15 +11,14 @@ from typing import Any
 import pytest
 
 from emage_catalog.domain.care import CareAttributes, operator_rpps
+from emage_catalog.domain.filing import Filing, HeldState, StoredInstance, reclassified_series
 from emage_catalog.domain.levels import QueryLevel
 from emage_catalog.domain.model import (
     CatalogConflictError,
-    CatalogEntry,
     IndexFields,
     InstancePlacement,
     SeriesState,
     SeriesSummary,
-    SeriesTotals,
     StudySnapshot,
     StudyState,
 )
@@ -33,93 +33,93 @@ SR = "1.2.840.10008.5.1.4.1.1.88.22"
 
 
 class MemoryStore:
-    """The :class:`~emage_catalog.service.CatalogStore` writing side, in dictionaries."""
+    """The :class:`~emage_catalog.service.CatalogStore` writing side, in dictionaries.
+
+    :meth:`file` is atomic like the MongoDB store's transaction: a plan that raises leaves everything as it
+    was. ``filings`` counts the runs of events filed.
+    """
 
     def __init__(self) -> None:
         self.studies: dict[str, dict[str, Any]] = {}
         self.series: dict[str, dict[str, Any]] = {}
         self.instances: dict[str, dict[str, Any]] = {}
+        self.filings = 0
 
-    async def states(
-        self, entry: CatalogEntry
-    ) -> tuple[StudyState | None, SeriesState | None, InstancePlacement | None]:
-        study = self.studies.get(entry.study_instance_uid)
-        series = self.series.get(entry.series_instance_uid)
-        instance = self.instances.get(entry.sop_instance_uid)
-        return (
-            None
-            if study is None
-            else StudyState(study["facility_finess"], dict(study["q"]), study["revision"], study["pending"]),
-            None if series is None else SeriesState(series["study_uid"], dict(series["q"])),
-            None if instance is None else InstancePlacement(instance["study_uid"], instance["series_uid"]),
-        )
-
-    async def put_instance(self, entry: CatalogEntry, index: IndexFields, *, stored_at: datetime) -> None:
-        self.instances[entry.sop_instance_uid] = {
-            "study_uid": entry.study_instance_uid,
-            "series_uid": entry.series_instance_uid,
-            "dataset": entry.instance,
-            "q": dict(index),
+    async def file(self, instances: Sequence[StoredInstance], plan: Callable[[HeldState], Filing]) -> Filing:
+        studies = {instance.entry.study_instance_uid for instance in instances}
+        series = {instance.entry.series_instance_uid for instance in instances}
+        placements = {
+            uid: InstancePlacement(
+                document["study_uid"], document["series_uid"], document["q"]["SOPClassUID"]
+            )
+            for uid, document in self.instances.items()
+            if uid in {instance.entry.sop_instance_uid for instance in instances}
         }
-
-    async def series_totals(self, series_instance_uid: str) -> SeriesTotals:
-        members = [i for i in self.instances.values() if i["series_uid"] == series_instance_uid]
-        return SeriesTotals(len(members), tuple(sorted({i["q"]["SOPClassUID"] for i in members})))
-
-    async def put_series(
-        self, entry: CatalogEntry, dataset: Any, index: IndexFields, totals: SeriesTotals, *, previous: Any
-    ) -> None:
-        series = self.series.setdefault(entry.series_instance_uid, {"q": {}})
-        _replace(series["q"], index, previous)
-        series.update(
-            study_uid=entry.study_instance_uid,
-            dataset=dataset,
-            count=totals.instance_count,
-            sop_classes=totals.sop_class_uids,
+        held = HeldState(
+            studies={
+                uid: StudyState(s["facility_finess"], dict(s["q"]), s["revision"], s["pending"])
+                for uid, s in self.studies.items()
+                if uid in studies
+            },
+            series={
+                uid: SeriesState(
+                    s["study_uid"],
+                    dict(s["q"]),
+                    SeriesSummary(
+                        s["q"].get("Modality"), s["count"], s["sop_classes"], operator_rpps(s["dataset"])
+                    ),
+                )
+                for uid, s in self.series.items()
+                if uid in series or s["study_uid"] in studies
+            },
+            instances=placements,
+            sop_classes_besides={
+                series_uid: frozenset(
+                    i["q"]["SOPClassUID"]
+                    for uid, i in self.instances.items()
+                    if i["series_uid"] == series_uid and uid not in named
+                )
+                for series_uid, named in reclassified_series(instances, placements).items()
+            },
         )
-
-    async def series_summaries(self, study_instance_uid: str) -> list[SeriesSummary]:
-        return [
-            SeriesSummary(s["q"].get("Modality"), s["count"], s["sop_classes"], operator_rpps(s["dataset"]))
-            for s in self.series.values()
-            if s["study_uid"] == study_instance_uid
-        ]
-
-    async def put_study(
-        self,
-        entry: CatalogEntry,
-        dataset: Any,
-        index: IndexFields,
-        *,
-        previous: StudyState | None,
-        revision: int,
-        announcement_pending: bool,
-    ) -> None:
-        study = self.studies.setdefault(
-            entry.study_instance_uid, {"facility_finess": entry.facility_finess, "announced": 0, "q": {}}
-        )
-        _replace(study["q"], index, None if previous is None else previous.index)
-        study.update(dataset=dataset, patient=entry.patient, revision=revision, pending=announcement_pending)
-
-    async def copy_study_keys(
-        self, entry: CatalogEntry, index: IndexFields, previous: Any, *, whole_study: bool
-    ) -> None:
-        for documents, own in (
-            (self.series, entry.series_instance_uid),
-            (self.instances, entry.sop_instance_uid),
-        ):
-            for uid, document in documents.items():
-                if (whole_study and document["study_uid"] == entry.study_instance_uid) or uid == own:
-                    _replace(document["q"], index, previous)
-
-    async def copy_series_keys(
-        self, entry: CatalogEntry, index: IndexFields, previous: Any, *, whole_series: bool
-    ) -> None:
-        for uid, document in self.instances.items():
-            if (
-                whole_series and document["series_uid"] == entry.series_instance_uid
-            ) or uid == entry.sop_instance_uid:
-                _replace(document["q"], index, previous)
+        filing = plan(held)
+        for keys in filing.study_keys:
+            for document in [*self.series.values(), *self.instances.values()]:
+                if document["study_uid"] == keys.uid:
+                    _replace(document["q"], keys.index, keys.previous)
+        for keys in filing.series_keys:
+            for document in self.instances.values():
+                if document["series_uid"] == keys.uid:
+                    _replace(document["q"], keys.index, keys.previous)
+        for instance in filing.instances:
+            self.instances[instance.entry.sop_instance_uid] = {
+                "study_uid": instance.entry.study_instance_uid,
+                "series_uid": instance.entry.series_instance_uid,
+                "dataset": instance.entry.instance,
+                "q": dict(instance.index),
+            }
+        for written in filing.series:
+            self.series[written.series_instance_uid] = {
+                "study_uid": written.study_instance_uid,
+                "dataset": written.dataset,
+                "q": dict(written.index),
+                "count": written.totals.instance_count,
+                "sop_classes": written.totals.sop_class_uids,
+            }
+        for study in filing.studies:
+            document = self.studies.setdefault(
+                study.entry.study_instance_uid,
+                {"facility_finess": study.entry.facility_finess, "announced": 0},
+            )
+            document.update(
+                dataset=study.dataset,
+                q=dict(study.index),
+                patient=study.entry.patient,
+                revision=study.revision,
+                pending=study.announcement_pending,
+            )
+        self.filings += 1
+        return filing
 
     async def care_attributes(self, study_instance_uid: str) -> CareAttributes | None:
         study = self.studies.get(study_instance_uid)
@@ -164,6 +164,7 @@ def stored(
     facility: str = "750000001",
     referrer: str | None = None,
     operators: tuple[str, ...] = (),
+    series_description: str | None = None,
 ) -> InstanceStored:
     study_uid, series_uid = f"{ROOT}.{study}", f"{ROOT}.{study}.{series}"
     sop_uid = f"{series_uid}.{instance}"
@@ -186,6 +187,11 @@ def stored(
             "00200013": {"vr": "IS", "Value": [instance]},
             **({} if referrer is None else {"00080096": _people(referrer)}),
             **({"00081072": _people(*operators)} if operators else {}),
+            **(
+                {}
+                if series_description is None
+                else {"0008103E": {"vr": "LO", "Value": [series_description]}}
+            ),
         },
     )
 
@@ -362,3 +368,154 @@ async def test_a_scope_permitting_nothing_is_answered_without_a_query(service: C
     query = parse_search([], level=QueryLevel.SERIES, max_limit=10)
     page = await service.search(replace(query, scope=WireSearchScope()), "http://catalog/")
     assert page == SearchPage(0, [])
+
+
+# --- Runs of events filed at once ---------------------------------------------------------------------------
+
+
+def _documents(store: MemoryStore) -> Any:
+    return copy.deepcopy((store.studies, store.series, store.instances))
+
+
+def _counts(store: MemoryStore, study: int) -> tuple[int, int, list[int]]:
+    """Number of Study Related Series and Instances, and each series' Number of Series Related Instances."""
+    dataset = store.studies[f"{ROOT}.{study}"]["dataset"]
+    series = sorted(uid for uid, s in store.series.items() if s["study_uid"] == f"{ROOT}.{study}")
+    return (
+        dataset["00201206"]["Value"][0],
+        dataset["00201208"]["Value"][0],
+        [store.series[uid]["dataset"]["00201209"]["Value"][0] for uid in series],
+    )
+
+
+async def _one_by_one(events: Sequence[InstanceStored], *, first_revision: int = 1) -> MemoryStore:
+    alone = MemoryStore()
+    service = CatalogService(alone, on_study_changed=lambda: None)  # type: ignore[arg-type]
+    for revision, event in enumerate(events, start=first_revision):
+        await service.record_instance(event, revision=revision)
+    return alone
+
+
+EVENTS = [
+    stored(1, 2, 1, sop_class=SR, operators=(OTHER_TECHNICIAN,)),  # the second series first
+    stored(1, 1, 1, referrer=REFERRER),
+    stored(2, 1, 1),
+    stored(1, 1, 2, operators=(TECHNICIAN,)),
+    stored(1, 1, 1, referrer=REFERRER),  # a duplicate
+    stored(1, 2, 2, sop_class=SR, series_description="Report"),  # the series' keys change
+    stored(1, 1, 3, name="Doe^Jonathan"),  # the study's keys change
+    stored(2, 1, 1),  # another duplicate
+    stored(2, 2, 1, sop_class=SR),
+    stored(1, 1, 2, operators=(TECHNICIAN,)),
+]
+
+
+@pytest.mark.parametrize("sizes", [(10,), (1,) * 10, (2, 8), (5, 5), (3, 3, 4), (7, 1, 2)])
+async def test_a_run_filed_at_once_leaves_the_documents_its_events_one_by_one_leave(
+    service: CatalogService, store: MemoryStore, sizes: tuple[int, ...]
+) -> None:
+    start = 0
+    for size in sizes:
+        run = EVENTS[start : start + size]
+        await service.record_instances([(event, start + i + 1) for i, event in enumerate(run)])
+        start += size
+    assert store.filings == len(sizes)
+    assert _documents(store) == _documents(await _one_by_one(EVENTS))
+    # Duplicates count once; series arriving out of order count all the same.
+    assert _counts(store, 1) == (2, 5, [3, 2])
+    assert _counts(store, 2) == (2, 2, [1, 1])
+    assert all(
+        i["q"]["PatientName"] == "doe^jonathan"
+        for i in store.instances.values()
+        if "1.1." in i["study_uid"] + "."
+    )
+
+
+async def test_a_redelivered_run_changes_nothing_however_it_is_cut(
+    service: CatalogService, store: MemoryStore
+) -> None:
+    numbered = [(event, revision) for revision, event in enumerate(EVENTS, start=1)]
+    await service.record_instances(numbered)
+    filed = _documents(store)
+    # Redelivered whole, or from an offset inside the run (its commit was lost) to the end of the partition,
+    # in other cuts.
+    await service.record_instances(numbered)
+    assert _documents(store) == filed
+    await service.record_instances(numbered[4:7])
+    await service.record_instances(numbered[7:])
+    assert _documents(store) == filed
+    for event, revision in numbered[2:]:
+        await service.record_instance(event, revision=revision)
+    assert _documents(store) == filed
+    assert _counts(store, 1) == (2, 5, [3, 2])
+
+
+async def test_an_instance_filed_again_under_another_sop_class_leaves_its_series_classes(
+    service: CatalogService, store: MemoryStore
+) -> None:
+    await service.record_instances(
+        [(stored(1, 1, 1), 1), (stored(1, 1, 2), 2), (stored(1, 2, 1, sop_class=SR), 3)]
+    )
+    # Instance 1 corrected to another class: CT stays (instance 2 has it) and SR joins.
+    await service.record_instances([(stored(1, 1, 1, sop_class=SR), 4)])
+    assert store.series[f"{ROOT}.1.1"]["sop_classes"] == (CT, SR)
+    # Instance 2 too, in a run where it first comes as it was: no CT is left in the series, nor in the study.
+    await service.record_instances([(stored(1, 1, 2), 5), (stored(1, 1, 2, sop_class=SR), 6)])
+    assert store.series[f"{ROOT}.1.1"]["sop_classes"] == (SR,)
+    assert store.studies[f"{ROOT}.1"]["dataset"]["00080062"] == {"vr": "UI", "Value": [SR]}
+    assert store.studies[f"{ROOT}.1"]["q"]["SOPClassesInStudy"] == [SR]
+    assert _counts(store, 1) == (2, 3, [2, 1])
+    assert _documents(store) == _documents(
+        await _one_by_one(
+            [
+                stored(1, 1, 1),
+                stored(1, 1, 2),
+                stored(1, 2, 1, sop_class=SR),
+                stored(1, 1, 1, sop_class=SR),
+                stored(1, 1, 2),
+                stored(1, 1, 2, sop_class=SR),
+            ]
+        )
+    )
+
+
+async def test_a_run_with_a_conflicting_event_writes_nothing_at_all(
+    service: CatalogService, store: MemoryStore, wakes: list[None]
+) -> None:
+    await service.record_instance(stored(1, 1, 1), revision=1)
+    before, announced = _documents(store), len(wakes)
+    with pytest.raises(CatalogConflictError, match="belongs to facility 750000001"):
+        await service.record_instances(
+            [(stored(2, 1, 1), 2), (stored(1, 1, 2), 3), (stored(1, 1, 3, facility="690000002"), 4)]
+        )
+    assert _documents(store) == before
+    assert len(wakes) == announced
+    # An instance moved to another series within the run is refused the same way.
+    with pytest.raises(CatalogConflictError, match="is catalogued in series"):
+        await service.record_instances(
+            [
+                (stored(2, 1, 1), 2),
+                (stored(2, 2, 1).model_copy(update={"sop_instance_uid": f"{ROOT}.2.1.1"}), 3),
+            ]
+        )
+    assert _documents(store) == before
+
+
+async def test_a_run_announces_each_study_once_at_its_latest_revision(
+    service: CatalogService, store: MemoryStore, wakes: list[None]
+) -> None:
+    sink = Sink()
+    announcer = StudyAnnouncer(store, sink, debounce_seconds=0)  # type: ignore[arg-type]
+    await service.record_instances([(stored(1, 1, 1), 3), (stored(2, 1, 1), 4), (stored(1, 1, 2), 7)])
+    assert len(wakes) == 1
+    assert await announcer.announce_pending() == 2
+    changes = {
+        event.data_as(StudyChanged).study_instance_uid: event.data_as(StudyChanged)
+        for _, event in sink.published
+    }
+    assert (changes[f"{ROOT}.1"].revision, changes[f"{ROOT}.1"].number_of_instances) == (7, 2)
+    assert (changes[f"{ROOT}.2"].revision, changes[f"{ROOT}.2"].number_of_instances) == (4, 1)
+    # The same run again: nothing to announce.
+    await service.record_instances([(stored(1, 1, 1), 3), (stored(2, 1, 1), 4), (stored(1, 1, 2), 7)])
+    assert len(wakes) == 1
+    assert await announcer.announce_pending() == 0

@@ -298,6 +298,8 @@ class ConsumerRecordMeta:
 
 
 EventHandler = Callable[[CloudEvent, ConsumerRecordMeta], Awaitable[None]]
+BatchEventHandler = Callable[[Sequence[tuple[CloudEvent, ConsumerRecordMeta]]], Awaitable[None]]
+"""Handles consecutive records of one partition together, in order (see :class:`ConsumerRunner`)."""
 
 
 class ConsumerRunner:
@@ -310,6 +312,11 @@ class ConsumerRunner:
       are not CloudEvents, and handlers raising :class:`~emage_common.events.EventDecodingError`, are
       dead-lettered at once: retrying cannot fix their bytes.
     * Records of one partition are handled strictly in order; partitions of one poll are handled concurrently.
+    * With a ``batch_handler``, the records a poll brought of one partition are first handed to it together,
+      in order, in batches of at most ``max_batch_bytes`` of record values: one call may then write a whole
+      batch at once (one transaction, say). It must be all or nothing, or idempotent: when it raises, the
+      batch's records are handled one by one by ``handler`` as above (retries, then dead-lettering of the
+      record at fault), so a batch never dead-letters the records that were not at fault.
     * :meth:`stop` lets in-flight records finish, commits, and leaves the group so that partitions move to
       other members at once.
 
@@ -333,6 +340,8 @@ class ConsumerRunner:
         poll_timeout_ms: int = 500,
         max_poll_interval_ms: int = 300_000,
         consumer: ConsumerPort | None = None,
+        batch_handler: BatchEventHandler | None = None,
+        max_batch_bytes: int = MAX_EVENT_BYTES,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -340,6 +349,8 @@ class ConsumerRunner:
         self._topics = tuple(topics)
         self._group_id = group_id
         self._handler = handler
+        self._batch_handler = batch_handler
+        self._max_batch_bytes = max_batch_bytes
         self._dlq_publisher = dlq_publisher
         self._max_attempts = max_attempts
         self._initial_backoff_s = initial_backoff_s
@@ -435,14 +446,101 @@ class ConsumerRunner:
                 await consumer.stop()
 
     async def _consume_partition(self, tp: TopicPartition, records: Sequence[Any]) -> None:
-        for record in records:
+        batch_handler = self._batch_handler
+        for batch in self._batches(records):
             if self._stopping.is_set():
                 return
-            if not await self._settle(record):
-                # Unsettled: fetch it again rather than skip it, whatever else was already fetched.
-                self._require_consumer().seek(tp, record.offset)
-                return
-            self._settled[tp] = record.offset + 1
+            if (
+                batch_handler is not None
+                and len(batch) > 1
+                and await self._handle_batch(batch_handler, batch)
+            ):
+                self._settled[tp] = batch[-1].offset + 1
+                continue
+            for record in batch:
+                if self._stopping.is_set():
+                    return
+                if not await self._settle(record):
+                    # Unsettled: fetch it again rather than skip it, whatever else was already fetched.
+                    self._require_consumer().seek(tp, record.offset)
+                    return
+                self._settled[tp] = record.offset + 1
+
+    def _batches(self, records: Sequence[Any]) -> list[Sequence[Any]]:
+        """``records`` cut into consecutive batches of at most ``max_batch_bytes`` of values (a larger record
+        alone); all of them at once without a batch handler."""
+        if self._batch_handler is None:
+            return [records]
+        batches: list[Sequence[Any]] = []
+        start, size = 0, 0
+        for index, record in enumerate(records):
+            value_size = len(record.value or b"")
+            if index > start and size + value_size > self._max_batch_bytes:
+                batches.append(records[start:index])
+                start, size = index, 0
+            size += value_size
+        batches.append(records[start:])
+        return batches
+
+    async def _handle_batch(self, batch_handler: BatchEventHandler, records: Sequence[Any]) -> bool:
+        """Hand ``records`` (one partition's, in order) to the batch handler at once; False if it raised or
+        a record is not a CloudEvent, for the caller to handle them one by one."""
+        batch: list[tuple[CloudEvent, ConsumerRecordMeta]] = []
+        links: list[trace.Link] = []
+        for record in records:
+            event = _decode(record.value)
+            if not isinstance(event, CloudEvent):
+                return False
+            headers = tuple(record.headers)
+            meta = ConsumerRecordMeta(
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                key=record.key,
+                timestamp=datetime.fromtimestamp(record.timestamp / 1000, UTC),
+                headers=headers,
+                attempt=1,
+            )
+            batch.append((event, meta))
+            # One span for the batch, linked to the trace of every record in it.
+            carrier = {name: value.decode("latin-1") for name, value in headers if name in _TRACE_HEADERS}
+            linked = trace.get_current_span(propagate.extract(carrier or _trace_carrier_of_event(event)))
+            if linked.get_span_context().is_valid:
+                links.append(trace.Link(linked.get_span_context()))
+        first = records[0]
+        with _tracer.start_as_current_span(
+            f"process {first.topic}",
+            kind=SpanKind.CONSUMER,
+            links=links,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.operation.type": "process",
+                "messaging.destination.name": first.topic,
+                "messaging.destination.partition.id": str(first.partition),
+                "messaging.kafka.offset": first.offset,
+                "messaging.batch.message_count": len(records),
+                "messaging.consumer.group.name": self._group_id,
+            },
+        ) as span:
+            started = time.perf_counter()
+            try:
+                await batch_handler(batch)
+            except Exception as exc:
+                HANDLER_DURATION.labels(first.topic).observe(time.perf_counter() - started)
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                logger.warning(
+                    "batch handler failed on %s[%d]@%d..%d (%r); handling its records one by one",
+                    first.topic,
+                    first.partition,
+                    first.offset,
+                    records[-1].offset,
+                    exc,
+                )
+                return False
+        HANDLER_DURATION.labels(first.topic).observe(time.perf_counter() - started)
+        RECORDS_HANDLED.labels(first.topic).inc(len(records))
+        return True
 
     async def _settle(self, record: Any) -> bool:
         """Handle one record or dead-letter it; False if it must be delivered again."""

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Final
 
 from fastapi import FastAPI
 
@@ -26,12 +27,20 @@ from emage_common.events import (
     CloudEvent,
     InstanceStored,
 )
-from emage_common.kafka import ConsumerRecordMeta, ConsumerRunner, EventHandler
+from emage_common.kafka import (
+    BatchEventHandler,
+    ConsumerPort,
+    ConsumerRecordMeta,
+    ConsumerRunner,
+    EventHandler,
+    EventPublisher,
+    build_kafka_config,
+)
 from emage_common.runtime import ServiceLifespan, ServiceRuntime
 
 
 def instance_stored_handler(service: CatalogService) -> EventHandler:
-    """The handler of ``emage.instance.stored.v1`` records: catalog the instance the event describes.
+    """The handler of one ``emage.instance.stored.v1`` record: catalog the instance the event describes.
 
     The revision of the study is the record's offset plus one: every event of a study has the study's UID as
     key, hence one partition, where offsets only grow (the topic's partition count never changes).
@@ -41,6 +50,53 @@ def instance_stored_handler(service: CatalogService) -> EventHandler:
         await service.record_instance(event.data_as(InstanceStored), revision=meta.offset + 1)
 
     return on_instance_stored
+
+
+def instances_stored_handler(service: CatalogService) -> BatchEventHandler:
+    """The handler of consecutive ``emage.instance.stored.v1`` records of a partition: catalog them all in one
+    transaction (:meth:`CatalogService.record_instances`), revisions as :func:`instance_stored_handler`'s.
+
+    When it fails (an invalid event, one contradicting the catalog, MongoDB unavailable) nothing is written,
+    and the runner hands the records to :func:`instance_stored_handler` one by one.
+    """
+
+    async def on_instances_stored(batch: Sequence[tuple[CloudEvent, ConsumerRecordMeta]]) -> None:
+        await service.record_instances(
+            [(event.data_as(InstanceStored), meta.offset + 1) for event, meta in batch]
+        )
+
+    return on_instances_stored
+
+
+INSTANCE_STORED_MAX_RECORDS: Final = 500
+"""Records of ``emage.instance.stored.v1`` fetched by one poll, for all partitions: the more a partition
+brings, the fewer transactions the catalog writes them in (a bulk load or a replay files hundreds of events a
+transaction; a live STOW-RS request, its own few)."""
+
+
+def instance_stored_consumer(
+    settings: Settings,
+    service: CatalogService,
+    *,
+    dlq_publisher: EventPublisher,
+    consumer: ConsumerPort | None = None,
+) -> ConsumerRunner:
+    """The consumer of ``emage.instance.stored.v1`` (group ``settings.consumer_group``): each poll's records
+    of a partition are filed together (:func:`instances_stored_handler`), one by one if that fails.
+
+    ``consumer`` replaces the Kafka client (the benchmark of the consumer feeds it records from memory).
+    """
+    return ConsumerRunner(
+        build_kafka_config(settings),
+        topics=[INSTANCE_STORED_TOPIC],
+        group_id=settings.consumer_group,
+        handler=instance_stored_handler(service),
+        batch_handler=instances_stored_handler(service),
+        dlq_publisher=dlq_publisher,
+        max_attempts=settings.kafka_max_handler_attempts,
+        max_records=INSTANCE_STORED_MAX_RECORDS,
+        consumer=consumer,
+    )
 
 
 def acquisition_handler(service: CatalogService) -> EventHandler:
@@ -75,13 +131,7 @@ def catalog_lifespan(settings: Settings) -> ServiceLifespan:
         )
         service = CatalogService(store, on_study_changed=announcer.wake, orders=orders)
         app.state.catalog = service
-        consumer = ConsumerRunner.from_settings(
-            settings,
-            topics=[INSTANCE_STORED_TOPIC],
-            group_id=settings.consumer_group,
-            handler=instance_stored_handler(service),
-            dlq_publisher=runtime.publisher,
-        )
+        consumer = instance_stored_consumer(settings, service, dlq_publisher=runtime.publisher)
         # A group of its own: a slow or failing announcement never holds up the catalog of instances.
         care_consumer = ConsumerRunner.from_settings(
             settings,

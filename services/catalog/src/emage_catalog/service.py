@@ -8,39 +8,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
 from emage_catalog.domain.care import (
-    REFERRER_FIELD,
     CareAttributes,
     OrderedCare,
+    OrderLookup,
     StudyOwner,
     with_ordered_care,
 )
 from emage_catalog.domain.dicom import DicomJson
-from emage_catalog.domain.levels import QueryLevel
-from emage_catalog.domain.matching import QUERY_KEYS
+from emage_catalog.domain.filing import Filing, HeldState, StoredInstance, file_instances
 from emage_catalog.domain.model import (
     CatalogConflictError,
-    CatalogEntry,
-    IndexFields,
-    InstancePlacement,
-    SeriesState,
-    SeriesSummary,
-    SeriesTotals,
     StudySnapshot,
-    StudyState,
     accession_number_of,
     catalog_entry,
-    check_consistency,
-    index_fields,
-    series_dataset,
-    study_care,
     study_changed,
-    study_dataset,
 )
 from emage_catalog.domain.query import SearchQuery
 from emage_catalog.domain.results import Hit, ResultShape, resolve_bulk_data, result_dataset, result_shape
@@ -55,44 +42,10 @@ EVENT_SOURCE: Final = "/emage/catalog"
 class CatalogStore(Protocol):
     """Where the catalog keeps its study, series and instance documents."""
 
-    async def states(
-        self, entry: CatalogEntry
-    ) -> tuple[StudyState | None, SeriesState | None, InstancePlacement | None]: ...
-
-    async def put_instance(self, entry: CatalogEntry, index: IndexFields, *, stored_at: datetime) -> None: ...
-
-    async def series_totals(self, series_instance_uid: str) -> SeriesTotals: ...
-
-    async def put_series(
-        self,
-        entry: CatalogEntry,
-        dataset: Mapping[str, Any],
-        index: IndexFields,
-        totals: SeriesTotals,
-        *,
-        previous: IndexFields | None,
-    ) -> None: ...
-
-    async def series_summaries(self, study_instance_uid: str) -> list[SeriesSummary]: ...
-
-    async def put_study(
-        self,
-        entry: CatalogEntry,
-        dataset: Mapping[str, Any],
-        index: IndexFields,
-        *,
-        previous: StudyState | None,
-        revision: int,
-        announcement_pending: bool,
-    ) -> None: ...
-
-    async def copy_study_keys(
-        self, entry: CatalogEntry, index: IndexFields, previous: IndexFields | None, *, whole_study: bool
-    ) -> None: ...
-
-    async def copy_series_keys(
-        self, entry: CatalogEntry, index: IndexFields, previous: IndexFields | None, *, whole_series: bool
-    ) -> None: ...
+    async def file(self, instances: Sequence[StoredInstance], plan: Callable[[HeldState], Filing]) -> Filing:
+        """Read what the catalog holds of ``instances``, and write the :class:`Filing` ``plan`` makes of it,
+        atomically (``plan`` may run more than once, on a fresh read each time); return what was written."""
+        ...
 
     async def pending_announcements(self, limit: int) -> list[StudySnapshot]: ...
 
@@ -116,9 +69,7 @@ class OrderStore(Protocol):
 
     async def record_order(self, ordered: OrderedCare) -> tuple[OrderedCare, OrderedCare | None]: ...
 
-    async def ordered_care(
-        self, study_instance_uid: str, facility_finess: str, accession_number: str | None
-    ) -> OrderedCare | None: ...
+    async def ordered_care(self, lookups: Collection[OrderLookup]) -> Mapping[OrderLookup, OrderedCare]: ...
 
     async def studies_of_order(self, ordered: OrderedCare) -> list[StudyOwner]: ...
 
@@ -147,16 +98,6 @@ class SearchPage:
         return max(0, self.total - offset - len(self.results))
 
 
-def _previous_referrer(study: StudyState | None) -> str | None:
-    referrer = None if study is None else study.index.get(REFERRER_FIELD)
-    return referrer if isinstance(referrer, str) else None
-
-
-def _keys_of(index: IndexFields, level: QueryLevel) -> IndexFields:
-    own = {key.attribute.keyword for key in QUERY_KEYS.values() if key.level is level}
-    return {name: value for name, value in index.items() if name in own}
-
-
 class CatalogService:
     """Records stored instances and answers searches and metadata requests."""
 
@@ -172,73 +113,39 @@ class CatalogService:
         self._orders = orders
 
     async def record_instance(self, stored: InstanceStored, *, revision: int) -> None:
-        """Catalog a stored instance; its series and study are re-derived from what the catalog holds.
+        """Catalog one stored instance (:meth:`record_instances` of one event)."""
+        await self.record_instances([(stored, revision)])
 
-        ``revision`` orders the events of a study (the position of this event in its partition, where every
-        event of the study is, plus one). Applying an event again, or an older one, changes nothing and
+    async def record_instances(self, events: Sequence[tuple[InstanceStored, int]]) -> None:
+        """Catalog stored instances, in order, in one transaction; their series and studies follow.
+
+        Each event comes with its study's revision: the position of the event in its partition, where every
+        event of the study is, plus one. Applying an event again, or an older one, changes nothing and
         announces nothing; a study whose revision rises is announced on ``emage.study.changed.v1``.
         Raises :class:`~emage_catalog.domain.model.CatalogConflictError` for an event that contradicts the
-        catalog (another facility's study, a UID already filed elsewhere); nothing is written then.
+        catalog (another facility's study, a UID already filed elsewhere); nothing is written then, not even
+        the other events'.
         """
-        entry = catalog_entry(stored)
-        study, series, instance = await self._store.states(entry)
-        check_consistency(entry, study=study, series=series, instance=instance)
-        ordered = await self._ordered_care_of(entry)
-
-        # The instance first, with the higher-level keys known so far, so that it counts in the totals below.
-        inherited = series.index if series is not None else study.index if study is not None else {}
-        instance_index = {**inherited, **index_fields(entry.instance, QueryLevel.INSTANCE)}
-        await self._store.put_instance(entry, instance_index, stored_at=stored.stored_at)
-
-        totals = await self._store.series_totals(entry.series_instance_uid)
-        series_attributes = series_dataset(entry.series_attributes, totals)
-        series_index = index_fields(series_attributes, QueryLevel.SERIES)
-        previous_series_index = None if series is None else _keys_of(series.index, QueryLevel.SERIES)
-        await self._store.put_series(
-            entry, series_attributes, series_index, totals, previous=previous_series_index
-        )
-
-        summaries = await self._store.series_summaries(entry.study_instance_uid)
-        study_attributes = study_dataset(entry.study_attributes, summaries)
-        # The care attributes go with the study's keys, and are copied below it with them.
-        study_index = {
-            **index_fields(study_attributes, QueryLevel.STUDY),
-            **study_care(entry, summaries, ordered, previous_referrer=_previous_referrer(study)).fields(),
-        }
-        next_revision = max(revision, 0 if study is None else study.revision)
-        pending = study is None or next_revision > study.revision or study.announcement_pending
-        await self._store.put_study(
-            entry,
-            study_attributes,
-            study_index,
-            previous=study,
-            revision=next_revision,
-            announcement_pending=pending,
-        )
-
-        # The copies of the study's and series' keys below them, rewritten wholesale only when they changed.
-        previous_study_index = None if study is None else study.index
-        await self._store.copy_study_keys(
-            entry,
-            study_index,
-            previous_study_index,
-            whole_study=previous_study_index is not None and previous_study_index != study_index,
-        )
-        await self._store.copy_series_keys(
-            entry,
-            series_index,
-            previous_series_index,
-            whole_series=previous_series_index is not None and previous_series_index != series_index,
-        )
-        if pending:
+        instances = [
+            StoredInstance(catalog_entry(stored), revision, stored.stored_at) for stored, revision in events
+        ]
+        ordered = await self._ordered_care_of(instances)
+        filing = await self._store.file(instances, lambda held: file_instances(instances, held, ordered))
+        if filing.announces:
             self._on_study_changed()
 
-        # The order may have been announced while this instance was being recorded, its relationships then
+        # The order may have been announced while these instances were being recorded, its relationships then
         # overwritten above: the order store is read again after writing, so that one of the two consumers
         # always sees the other's write (each writes before it reads), and applies the order.
-        latest = await self._ordered_care_of(entry)
-        if latest is not None and (ordered is None or latest.event_id != ordered.event_id):
-            await self._apply_order(entry.study_instance_uid, latest, superseded=ordered)
+        latest = await self._ordered_care_of(instances)
+        applied: set[tuple[str, str]] = set()
+        for instance, before, after in zip(instances, ordered, latest, strict=True):
+            study_instance_uid = instance.entry.study_instance_uid
+            if after is None or (before is not None and after.event_id == before.event_id):
+                continue
+            if (study_instance_uid, after.event_id) not in applied:
+                applied.add((study_instance_uid, after.event_id))
+                await self._apply_order(study_instance_uid, after, superseded=before)
 
     async def record_acquisition(
         self, acquisition: Acquisition, *, event_id: str, announced_at: datetime
@@ -267,20 +174,35 @@ class CatalogService:
                 f"{', '.join(refused)}, which is another facility's or another patient's"
             )
 
-    async def _ordered_care_of(self, entry: CatalogEntry) -> OrderedCare | None:
+    async def _ordered_care_of(self, instances: Sequence[StoredInstance]) -> list[OrderedCare | None]:
+        """What the order of each instance's study announced, when it concerns the study (one look-up)."""
         if self._orders is None:
-            return None
-        ordered = await self._orders.ordered_care(
-            entry.study_instance_uid, entry.facility_finess, accession_number_of(entry)
-        )
-        if ordered is not None and not ordered.concerns(entry.facility_finess, entry.patient):
-            logger.warning(
-                "order %s does not concern study %s (another facility or patient); not applied",
-                ordered.order_key,
-                entry.study_instance_uid,
+            return [None] * len(instances)
+        lookups = [
+            OrderLookup(
+                instance.entry.study_instance_uid,
+                instance.entry.facility_finess,
+                accession_number_of(instance.entry),
             )
-            return None
-        return ordered
+            for instance in instances
+        ]
+        found = await self._orders.ordered_care(set(lookups))
+        applicable: list[OrderedCare | None] = []
+        refused: set[tuple[str, str]] = set()
+        for instance, lookup in zip(instances, lookups, strict=True):
+            ordered = found.get(lookup)
+            entry = instance.entry
+            if ordered is not None and not ordered.concerns(entry.facility_finess, entry.patient):
+                if (ordered.order_key, entry.study_instance_uid) not in refused:
+                    refused.add((ordered.order_key, entry.study_instance_uid))
+                    logger.warning(
+                        "order %s does not concern study %s (another facility or patient); not applied",
+                        ordered.order_key,
+                        entry.study_instance_uid,
+                    )
+                ordered = None
+            applicable.append(ordered)
+        return applicable
 
     async def _apply_order(
         self, study_instance_uid: str, ordered: OrderedCare, *, superseded: OrderedCare | None

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Mapping, Sequence
-from datetime import datetime
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, Final
 
-from pymongo import ASCENDING, DESCENDING, IndexModel
+import pymongo
+from pymongo import ASCENDING, DESCENDING, IndexModel, ReplaceOne, UpdateOne
+from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -38,16 +39,14 @@ from emage_catalog.domain.care import (
     CareAttributes,
     operator_rpps,
 )
-from emage_catalog.domain.dicom import DicomJson
+from emage_catalog.domain.filing import Filing, HeldState, StoredInstance, reclassified_series
 from emage_catalog.domain.levels import QueryLevel
 from emage_catalog.domain.matching import AnyOf, Between, Equals, Matcher, Pattern, Prefix, QueryKey
 from emage_catalog.domain.model import (
-    CatalogEntry,
     IndexFields,
     InstancePlacement,
     SeriesState,
     SeriesSummary,
-    SeriesTotals,
     StudySnapshot,
     StudyState,
 )
@@ -55,6 +54,7 @@ from emage_catalog.domain.query import SearchQuery
 from emage_catalog.domain.results import Hit, ResultShape
 from emage_common.access_contract import WireScopeClause, WireSearchScope
 from emage_common.events import PatientIdentity
+from emage_common.mongo import in_transaction
 
 Document = dict[str, Any]
 Filter = dict[str, Any]
@@ -98,6 +98,8 @@ def sort_order(query: SearchQuery) -> list[tuple[str, int]]:
 _WITHIN_STUDY: Final = [("q.SeriesNumber", ASCENDING), ("series_uid", ASCENDING)]
 _METADATA_ORDER: Final = [*_WITHIN_STUDY, ("q.InstanceNumber", ASCENDING), ("_id", ASCENDING)]
 _PENDING: Final = "announcement_pending"
+_FILING_TIMEOUT_S: Final = 60
+"""Bound on filing a run of events, retries of its transaction included (the consumer retries after it)."""
 _FACILITY: Final = f"q.{FACILITY_FIELD}"
 _PATIENT: Final = f"q.{PATIENT_FIELD}"
 _REFERRER: Final = f"q.{REFERRER_FIELD}"
@@ -291,6 +293,8 @@ class MongoCatalogStore:
     """Study, series and instance documents in the catalog's own MongoDB database."""
 
     def __init__(self, database: AsyncDatabase[Document]) -> None:
+        self._database = database
+        self._client = database.client
         self._studies: AsyncCollection[Document] = database["studies"]
         self._series: AsyncCollection[Document] = database["series"]
         self._instances: AsyncCollection[Document] = database["instances"]
@@ -310,153 +314,167 @@ class MongoCatalogStore:
 
     # --- Writing --------------------------------------------------------------------------------------------
 
-    async def states(
-        self, entry: CatalogEntry
-    ) -> tuple[StudyState | None, SeriesState | None, InstancePlacement | None]:
-        """What the catalog holds of the entry's study, series and instance, if anything."""
-        study, series, instance = await asyncio.gather(
-            self._studies.find_one(
-                {"_id": entry.study_instance_uid},
+    async def file(self, instances: Sequence[StoredInstance], plan: Callable[[HeldState], Filing]) -> Filing:
+        """Read what the catalog holds of ``instances``, write the :class:`Filing` ``plan`` makes of it, in
+        one transaction: a few commands whatever the number of instances, and all or nothing.
+
+        A conflicting concurrent write (the acquisition consumer adding a relationship to the same study)
+        aborts the transaction, which is then run again from the read (the Convenient Transactions API).
+        """
+
+        async def transaction(session: AsyncClientSession) -> Filing:
+            filing = plan(await self._held(instances, session))
+            await self._write(filing, session)
+            return filing
+
+        with pymongo.timeout(_FILING_TIMEOUT_S):
+            return await in_transaction(self._client, transaction)
+
+    async def _held(self, instances: Sequence[StoredInstance], session: AsyncClientSession) -> HeldState:
+        """What the catalog holds of the studies, series and instances ``instances`` name, read in the
+        transaction's snapshot in one command (``$unionWith`` is not allowed in a transaction; ``$lookup``
+        is)."""
+        studies = sorted({instance.entry.study_instance_uid for instance in instances})
+        series = sorted({instance.entry.series_instance_uid for instance in instances})
+        sop_instances = sorted({instance.entry.sop_instance_uid for instance in instances})
+        lookups = {
+            "studies": (
+                {"_id": {"$in": studies}},
                 {"facility_finess": 1, "q": 1, "revision": 1, _PENDING: 1},
             ),
-            self._series.find_one({"_id": entry.series_instance_uid}, {"study_uid": 1, "q": 1}),
-            self._instances.find_one({"_id": entry.sop_instance_uid}, {"study_uid": 1, "series_uid": 1}),
-        )
-        return (
-            None
-            if study is None
-            else StudyState(study["facility_finess"], study["q"], study["revision"], study[_PENDING]),
-            None if series is None else SeriesState(series["study_uid"], series["q"]),
-            None if instance is None else InstancePlacement(instance["study_uid"], instance["series_uid"]),
-        )
-
-    async def put_instance(self, entry: CatalogEntry, index: IndexFields, *, stored_at: datetime) -> None:
-        """Insert or replace the instance document (keyed by SOP Instance UID, so a replay overwrites)."""
-        await self._instances.replace_one(
-            {"_id": entry.sop_instance_uid},
-            {
-                "study_uid": entry.study_instance_uid,
-                "series_uid": entry.series_instance_uid,
-                "dataset": entry.instance,
-                "q": index,
-                "stored_at": stored_at,
-            },
-            upsert=True,
-        )
-
-    async def series_totals(self, series_instance_uid: str) -> SeriesTotals:
-        """Instance count and SOP classes of a series, counted from its instance documents."""
-        found = await self._instances.aggregate(
-            [
-                {"$match": {"series_uid": series_instance_uid}},
+            "series": (
+                {"$or": [{"_id": {"$in": series}}, {"study_uid": {"$in": studies}}]},
                 {
-                    "$group": {
-                        "_id": None,
-                        "count": {"$sum": 1},
-                        "sop_classes": {"$addToSet": "$q.SOPClassUID"},
-                    }
+                    "study_uid": 1,
+                    "q": 1,
+                    "instance_count": 1,
+                    "sop_classes": 1,
+                    f"dataset.{OPERATOR_IDENTIFICATION_SEQUENCE}": 1,
                 },
-            ]
+            ),
+            "instances": (
+                {"_id": {"$in": sop_instances}},
+                {"study_uid": 1, "series_uid": 1, "q.SOPClassUID": 1},
+            ),
+        }
+        cursor = await self._database.aggregate(
+            [
+                {"$documents": [{}]},
+                *(
+                    {
+                        "$lookup": {
+                            "from": collection,
+                            "pipeline": [{"$match": condition}, {"$project": projection}],
+                            "as": collection,
+                        }
+                    }
+                    for collection, (condition, projection) in lookups.items()
+                ),
+            ],
+            session=session,
         )
-        totals = await found.to_list()
-        if not totals:
-            return SeriesTotals(0, ())
-        return SeriesTotals(totals[0]["count"], tuple(sorted(totals[0]["sop_classes"])))
-
-    async def put_series(
-        self,
-        entry: CatalogEntry,
-        dataset: Mapping[str, Any],
-        index: IndexFields,
-        totals: SeriesTotals,
-        *,
-        previous: IndexFields | None,
-    ) -> None:
-        """Insert or update the series document with its dataset, own query keys and totals."""
-        update = _replacement(index, previous)
-        update["$set"].update(
-            {
-                "study_uid": entry.study_instance_uid,
-                "dataset": dataset,
-                "instance_count": totals.instance_count,
-                "sop_classes": list(totals.sop_class_uids),
-            }
-        )
-        await self._series.update_one({"_id": entry.series_instance_uid}, update, upsert=True)
-
-    async def series_summaries(self, study_instance_uid: str) -> list[SeriesSummary]:
-        """The series of a study, as the study aggregates them."""
-        cursor = self._series.find(
-            {"study_uid": study_instance_uid},
-            {
-                "q.Modality": 1,
-                "instance_count": 1,
-                "sop_classes": 1,
-                f"dataset.{OPERATOR_IDENTIFICATION_SEQUENCE}": 1,
-            },
-        )
-        summaries = []
-        async for document in cursor:
-            dataset: DicomJson = document.get("dataset", {})
-            summaries.append(
-                SeriesSummary(
-                    modality=document.get("q", {}).get("Modality"),
-                    instance_count=document["instance_count"],
-                    sop_class_uids=tuple(document["sop_classes"]),
-                    operator_rpps=operator_rpps(dataset),
+        [found] = await cursor.to_list()
+        placements = {
+            document["_id"]: InstancePlacement(
+                document["study_uid"], document["series_uid"], document.get("q", {}).get("SOPClassUID")
+            )
+            for document in found["instances"]
+        }
+        besides = {}
+        for series_uid, named in reclassified_series(instances, placements).items():
+            classes = await self._instances.distinct(
+                "q.SOPClassUID", {"series_uid": series_uid, "_id": {"$nin": sorted(named)}}, session=session
+            )
+            besides[series_uid] = frozenset(classes)
+        return HeldState(
+            studies={
+                document["_id"]: StudyState(
+                    document["facility_finess"], document["q"], document["revision"], document[_PENDING]
                 )
-            )
-        return summaries
-
-    async def put_study(
-        self,
-        entry: CatalogEntry,
-        dataset: Mapping[str, Any],
-        index: IndexFields,
-        *,
-        previous: StudyState | None,
-        revision: int,
-        announcement_pending: bool,
-    ) -> None:
-        """Insert or update the study document; the owning facility is written once, at creation."""
-        update = _replacement(index, None if previous is None else previous.index)
-        update["$set"].update(
-            {
-                "dataset": dataset,
-                "patient": entry.patient.model_dump(mode="json"),
-                "patient_key": entry.patient.patient_key,
-                "revision": revision,
-                _PENDING: announcement_pending,
-            }
+                for document in found["studies"]
+            },
+            series={document["_id"]: _series_state(document) for document in found["series"]},
+            instances=placements,
+            sop_classes_besides=besides,
         )
-        update["$setOnInsert"] = {"facility_finess": entry.facility_finess, "announced_revision": 0}
-        await self._studies.update_one({"_id": entry.study_instance_uid}, update, upsert=True)
 
-    async def copy_study_keys(
-        self, entry: CatalogEntry, index: IndexFields, previous: IndexFields | None, *, whole_study: bool
-    ) -> None:
-        """Write a study's query keys into its series and instance documents (all, or the entry's own)."""
-        update = _replacement(index, previous)
-        if whole_study:
-            scope: Filter = {"study_uid": entry.study_instance_uid}
-            await asyncio.gather(
-                self._series.update_many(scope, update), self._instances.update_many(scope, update)
+    async def _write(self, filing: Filing, session: AsyncClientSession) -> None:
+        """Write every document of ``filing``: one bulk write per collection, plus the rare rewrites of
+        keys copied below a study or series whose keys changed."""
+        for copy in filing.study_keys:
+            update = _replacement(copy.index, copy.previous)
+            await self._series.update_many({"study_uid": copy.uid}, update, session=session)
+            await self._instances.update_many({"study_uid": copy.uid}, update, session=session)
+        for copy in filing.series_keys:
+            update = _replacement(copy.index, copy.previous)
+            await self._instances.update_many({"series_uid": copy.uid}, update, session=session)
+        if filing.instances:
+            await self._instances.bulk_write(
+                [
+                    ReplaceOne(
+                        {"_id": document.entry.sop_instance_uid},
+                        {
+                            "study_uid": document.entry.study_instance_uid,
+                            "series_uid": document.entry.series_instance_uid,
+                            "dataset": document.entry.instance,
+                            "q": document.index,
+                            "stored_at": document.stored_at,
+                        },
+                        upsert=True,
+                    )
+                    for document in filing.instances
+                ],
+                ordered=False,
+                session=session,
             )
-        else:
-            await asyncio.gather(
-                self._series.update_one({"_id": entry.series_instance_uid}, update),
-                self._instances.update_one({"_id": entry.sop_instance_uid}, update),
+        if filing.series:
+            await self._series.bulk_write(
+                [
+                    UpdateOne(
+                        {"_id": document.series_instance_uid},
+                        {
+                            "$set": {
+                                "study_uid": document.study_instance_uid,
+                                "dataset": document.dataset,
+                                "q": document.index,
+                                "instance_count": document.totals.instance_count,
+                                "sop_classes": list(document.totals.sop_class_uids),
+                            }
+                        },
+                        upsert=True,
+                    )
+                    for document in filing.series
+                ],
+                ordered=False,
+                session=session,
             )
-
-    async def copy_series_keys(
-        self, entry: CatalogEntry, index: IndexFields, previous: IndexFields | None, *, whole_series: bool
-    ) -> None:
-        """Write a series' query keys into its instance documents (all, or the entry's own)."""
-        update = _replacement(index, previous)
-        if whole_series:
-            await self._instances.update_many({"series_uid": entry.series_instance_uid}, update)
-        else:
-            await self._instances.update_one({"_id": entry.sop_instance_uid}, update)
+        if filing.studies:
+            await self._studies.bulk_write(
+                [
+                    UpdateOne(
+                        {"_id": document.entry.study_instance_uid},
+                        {
+                            "$set": {
+                                "dataset": document.dataset,
+                                "q": document.index,
+                                "patient": document.entry.patient.model_dump(mode="json"),
+                                "patient_key": document.entry.patient.patient_key,
+                                "revision": document.revision,
+                                _PENDING: document.announcement_pending,
+                            },
+                            # The owning facility is written once, at creation.
+                            "$setOnInsert": {
+                                "facility_finess": document.entry.facility_finess,
+                                "announced_revision": 0,
+                            },
+                        },
+                        upsert=True,
+                    )
+                    for document in filing.studies
+                ],
+                ordered=False,
+                session=session,
+            )
 
     # --- study.changed announcements ------------------------------------------------------------------------
 
@@ -592,6 +610,19 @@ class MongoCatalogStore:
             condition["_id"] = sop_instance_uid
         async for document in self._instances.find(condition, {"dataset": 1}, sort=_METADATA_ORDER):
             yield document["dataset"]
+
+
+def _series_state(document: Document) -> SeriesState:
+    return SeriesState(
+        document["study_uid"],
+        document.get("q", {}),
+        SeriesSummary(
+            modality=document.get("q", {}).get("Modality"),
+            instance_count=document.get("instance_count", 0),
+            sop_class_uids=tuple(document.get("sop_classes", ())),
+            operator_rpps=operator_rpps(document.get("dataset", {})),
+        ),
+    )
 
 
 def _projection(shape: ResultShape) -> dict[str, int]:

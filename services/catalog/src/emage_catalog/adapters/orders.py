@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -31,6 +32,7 @@ from emage_catalog.domain.care import (
     TECHNICIANS_FIELD,
     CareAttributes,
     OrderedCare,
+    OrderLookup,
     StudyOwner,
     operator_rpps,
     referring_physician_rpps,
@@ -76,6 +78,12 @@ def _ordered(document: Document) -> OrderedCare:
         event_id=document["event_id"],
         announced_at=announced_at if announced_at.tzinfo else announced_at.replace(tzinfo=UTC),
     )
+
+
+def _order_key(lookup: OrderLookup) -> str | None:
+    if lookup.accession_number is None:
+        return None
+    return f"{lookup.facility_finess}/{lookup.accession_number}"
 
 
 def _latest(documents: list[Document]) -> OrderedCare | None:
@@ -145,26 +153,35 @@ class MongoOrderStore:
             ordered = dataclasses.replace(ordered, study_instance_uid=superseded.study_instance_uid)
         return ordered, superseded
 
-    async def ordered_care(
-        self, study_instance_uid: str, facility_finess: str, accession_number: str | None
-    ) -> OrderedCare | None:
-        """The latest announcement of the order of a study: the one naming its UID, else its facility's
-        order with its accession number (unless that order names another study)."""
-        clauses: list[Document] = [{"study_uid": study_instance_uid}]
-        order_key = f"{facility_finess}/{accession_number}" if accession_number is not None else None
-        if order_key is not None:
-            clauses.append({"_id": order_key})
+    async def ordered_care(self, lookups: Collection[OrderLookup]) -> dict[OrderLookup, OrderedCare]:
+        """The latest announcement of the order of each study ``lookups`` name, for those that have one: the
+        one naming its UID, else its facility's order with its accession number (unless that order names
+        another study). One query for all."""
+        if not lookups:
+            return {}
+        keys = {lookup: _order_key(lookup) for lookup in lookups}
+        studies = sorted({lookup.study_instance_uid for lookup in lookups})
+        clauses: list[Document] = [{"study_uid": {"$in": studies}}]
+        order_keys = sorted({key for key in keys.values() if key is not None})
+        if order_keys:
+            clauses.append({"_id": {"$in": order_keys}})
         documents = await self._acquisitions.find({"$or": clauses}).to_list()
-        naming_it = [document for document in documents if document.get("study_uid") == study_instance_uid]
-        if naming_it:
-            return _latest(naming_it)
-        return _latest(
-            [
-                document
-                for document in documents
-                if document["_id"] == order_key and document.get("study_uid") is None
+        found = {}
+        for lookup, order_key in keys.items():
+            naming_it = [
+                document for document in documents if document.get("study_uid") == lookup.study_instance_uid
             ]
-        )
+            latest = _latest(
+                naming_it
+                or [
+                    document
+                    for document in documents
+                    if document["_id"] == order_key and document.get("study_uid") is None
+                ]
+            )
+            if latest is not None:
+                found[lookup] = latest
+        return found
 
     async def studies_of_order(self, ordered: OrderedCare) -> list[StudyOwner]:
         """The catalogued studies an order names: by UID, else the facility's with its accession number."""

@@ -217,6 +217,16 @@ class OrderedCare:
 
 
 @dataclass(frozen=True, slots=True)
+class OrderLookup:
+    """How a study finds the order it is the exam of: the order naming its UID, else its facility's order
+    with its Accession Number (unless that order names another study)."""
+
+    study_instance_uid: str
+    facility_finess: str
+    accession_number: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class StudyOwner:
     """Whose a catalogued study is: its owning facility and its patient."""
 

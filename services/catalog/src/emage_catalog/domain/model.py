@@ -4,11 +4,11 @@ A study is owned by the facility that first published it, and its patient is ide
 identifies them: (Issuer of Patient ID, Patient ID), plus the INS when the facility qualified it. Names are
 never used to identify a patient, so two facilities' patients are never merged on name alone.
 
-Everything derived (counts, Modalities in Study, SOP Classes in Study) is recomputed from the instances the
-catalog holds, never incremented, so handling an event twice, or replaying the whole topic into an empty
-database, yields the same documents. Study- and series-level attributes come from the latest instance
-handled: events of a study are consumed in the order they were stored (they share a partition key), so a
-replay ends in the same state.
+Everything derived (counts, Modalities in Study, SOP Classes in Study) follows the instances the catalog
+holds: an instance counts once however often its event is handled (:mod:`emage_catalog.domain.filing`), so
+handling an event twice, or replaying the whole topic into an empty database, yields the same documents.
+Study- and series-level attributes come from the latest instance handled: events of a study are consumed in
+the order they were stored (they share a partition key), so a replay ends in the same state.
 """
 
 from __future__ import annotations
@@ -46,6 +46,9 @@ _STUDY_INSTANCE_UID: Final = "0020000D"
 _SERIES_INSTANCE_UID: Final = "0020000E"
 _SOP_INSTANCE_UID: Final = "00080018"
 _SOP_CLASS_UID: Final = "00080016"
+_AVAILABLE_TRANSFER_SYNTAX_UID: Final = "00083002"
+"""Available Transfer Syntax UID (PS3.18 §10.6.3.3.3): how the archive holds the instance. Viewers tell a
+video (MPEG-4, HEVC) from frames by it; OHIF gives such an instance to its video viewport, not frames."""
 _MODALITY: Final = "00080060"
 _PATIENT_ID: Final = "00100020"
 _ISSUER_OF_PATIENT_ID: Final = "00100021"
@@ -97,6 +100,7 @@ def catalog_entry(stored: InstanceStored) -> CatalogEntry:
         _SERIES_INSTANCE_UID: element("UI", stored.series_instance_uid),
         _SOP_INSTANCE_UID: element("UI", stored.sop_instance_uid),
         _SOP_CLASS_UID: element("UI", stored.sop_class_uid),
+        _AVAILABLE_TRANSFER_SYNTAX_UID: element("UI", stored.transfer_syntax_uid),
     }
     instance = sorted_dataset({**identifying, **stored.dicom_json})
     modality = first_string(instance, _MODALITY) or stored.modality
@@ -144,14 +148,16 @@ class SeriesState:
 
     study_instance_uid: str
     index: IndexFields
+    summary: SeriesSummary
 
 
 @dataclass(frozen=True, slots=True)
 class InstancePlacement:
-    """Where the catalog files an instance it already holds."""
+    """Where the catalog files an instance it already holds, and under which SOP class."""
 
     study_instance_uid: str
     series_instance_uid: str
+    sop_class_uid: str | None
 
 
 def check_consistency(
