@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from gateway_world import Tokens, World, publish_world
+from otlp_receiver import OtlpReceiver
 from pymongo import MongoClient
 from pymongo.collection import Collection
 
@@ -23,8 +24,18 @@ from emage_devstack.stack import Stack
 
 
 @pytest.fixture(scope="session")
-def stack() -> Iterator[Stack]:
-    test_stack = Stack(os.environ.get("EMAGE_TEST_PROFILE", "test"))
+def otlp_receiver() -> Iterator[OtlpReceiver]:
+    """The OTLP/HTTP receiver every service of the session exports its traces to (up before them, down after).
+
+    Cheap for the tests that do not look: bodies are only kept, and decoded when a test asks for spans.
+    """
+    with OtlpReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="session")
+def stack(otlp_receiver: OtlpReceiver) -> Iterator[Stack]:
+    test_stack = Stack(os.environ.get("EMAGE_TEST_PROFILE", "test"), otlp_endpoint=otlp_receiver.endpoint)
     test_stack.provision()
     test_stack.start_infrastructure(wipe=True)
     try:

@@ -157,3 +157,49 @@ async def test_kafka_too_slow_is_left_to_the_relay_too(ingest: Any, dicom: Any, 
     assert outcome.status == "stored"
     await ingest.service.settle_pending()
     assert ingest.wakeups == 1
+
+
+def _ingested_bytes(path: str) -> float:
+    """``emage_ingest_bytes_total{path=...}`` as Prometheus would scrape it from this process."""
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("emage_ingest_bytes_total", {"path": path}) or 0.0
+
+
+async def test_ingested_bytes_count_what_became_durable_by_path(
+    replacing_ingest: Any, dicom: Any, write_file: Any
+) -> None:
+    ingest = replacing_ingest
+    before = {path: _ingested_bytes(path) for path in ("stow", "dimse", "pull", "import")}
+    uids = {"StudyInstanceUID": "1.2.3", "SeriesInstanceUID": "1.2.3.1", "SOPInstanceUID": "1.2.3.9"}
+    first, newer = dicom.ct_slice(**uids), dicom.ct_slice(**uids)
+    assert (await ingest.service.store_instance(write_file(first), REQUEST)).status == "stored"
+    duplicate = await ingest.service.store_instance(write_file(first), REQUEST)
+    assert duplicate.status == "duplicate"
+    dimse = StoreRequest(source="dimse", facility_finess="750000001", calling_ae_title="CT01")
+    assert (await ingest.service.store_instance(write_file(newer), dimse)).status == "replaced"
+    assert _ingested_bytes("stow") - before["stow"] == len(first)  # the duplicate added nothing
+    assert _ingested_bytes("dimse") - before["dimse"] == len(newer)
+    assert _ingested_bytes("pull") == before["pull"]
+    assert _ingested_bytes("import") == before["import"]
+
+
+async def test_ingested_bytes_ignore_what_was_refused_or_not_archived(
+    ingest: Any, dicom: Any, write_file: Any
+) -> None:
+    before = _ingested_bytes("pull")
+    pull = StoreRequest(source="pull", facility_finess="750000001")
+    assert (await ingest.service.store_instance(write_file(b"not dicom"), pull)).status == "failed"
+    ingest.archive.fail_put = EndpointConnectionError(endpoint_url="http://s3")
+    assert (await ingest.service.store_instance(write_file(dicom.ct_slice()), pull)).status == "failed"
+    ingest.archive.fail_put = None
+    ingest.records.fail_record = ServerSelectionTimeoutError("mongo down")
+    assert (await ingest.service.store_instance(write_file(dicom.ct_slice()), pull)).status == "failed"
+    assert _ingested_bytes("pull") == before
+    # Kafka down: the event waits in the outbox, the instance is durable and acknowledged, so it counts.
+    ingest.records.fail_record = None
+    ingest.events.fail = KafkaConnectionError("kafka down")
+    data = dicom.ct_slice()
+    assert (await ingest.service.store_instance(write_file(data), pull)).status == "stored"
+    await ingest.service.settle_pending()
+    assert _ingested_bytes("pull") - before == len(data)

@@ -736,7 +736,7 @@ KAFKA_EXPORTER_METRICS = frozenset(
 )
 
 #: Modules whose import registers every Prometheus metric the services export.
-_METRIC_MODULES = ("emage_common.web", "emage_common.kafka", "emage_ingest.dimse")
+_METRIC_MODULES = ("emage_common.web", "emage_common.kafka", "emage_ingest.dimse", "emage_ingest.service")
 _METRIC_NAME = re.compile(r"\b((?:emage|kafka)_[a-z0-9_]+)\b")
 
 

@@ -1,14 +1,19 @@
 """``emage-devstack``: provision and run the native local stack (no Docker).
 
-emage-devstack provision            fetch Kafka, Keycloak (Maven Central), check mongod and weed
+emage-devstack provision            fetch Kafka, Keycloak (Maven Central), the OHIF viewer (npm), check
+                                    mongod and weed
 emage-devstack up [--profile run]   start everything, wait for every /readyz, stay in the foreground;
                                     load the demo studies into an empty archive (unless --no-demo)
 emage-devstack env [--profile run]  print the EMAGE_* variables to run one service by hand
+
+``up`` and ``env`` take ``--otlp-endpoint URL`` (default ``$EMAGE_DEVSTACK_OTLP_ENDPOINT``): the services
+then export their traces over OTLP/HTTP to that receiver (a local Jaeger or OpenTelemetry Collector).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import signal
 import sys
@@ -34,6 +39,7 @@ def _banner(stack: Stack, started: float) -> str:
         "",
         f"e-mage is up ({time.monotonic() - started:.0f}s) — profile '{stack.profile}'",
         f"  gateway (access)   {stack.service_url('access')}    OpenAPI {stack.service_url('access')}/docs",
+        f"  viewer (OHIF)      {stack.service_url('access')}/viewer/",
     ]
     for name in SERVICES:
         if name != "access":
@@ -84,7 +90,7 @@ def _up(args: argparse.Namespace) -> int:
     started = time.monotonic()
     demo: ManagedProcess | None = None
     _stop_with_parent()
-    stack = Stack(args.profile)
+    stack = Stack(args.profile, otlp_endpoint=args.otlp_endpoint)
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: object) -> None:
@@ -129,13 +135,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     env = sub.add_parser("env", help="print the services' environment for this profile")
     env.add_argument("--profile", type=_profile, default="run", help="run, test or test1..test9")
+    for command in (up, env):
+        command.add_argument(
+            "--otlp-endpoint",
+            default=os.environ.get("EMAGE_DEVSTACK_OTLP_ENDPOINT") or None,
+            help="OTLP/HTTP trace receiver the services export to, e.g. http://127.0.0.1:4318",
+        )
     args = parser.parse_args(argv)
 
     if args.command == "provision":
         Stack("run").provision()
         return 0
     if args.command == "env":
-        for key, value in sorted(Stack(args.profile).service_env().items()):
+        for key, value in sorted(Stack(args.profile, otlp_endpoint=args.otlp_endpoint).service_env().items()):
             print(f"export {key}={shlex.quote(value)}")
         return 0
     return _up(args)

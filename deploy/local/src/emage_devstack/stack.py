@@ -7,7 +7,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -22,6 +22,7 @@ from .paths import state_dir
 from .ports import Ports, ports_for
 from .process import ManagedProcess
 from .s3 import ARCHIVE_BUCKET, S3Server
+from .viewer import ensure_viewer, is_provisioned, viewer_dir
 
 if TYPE_CHECKING:
     from emage_common.settings import S3Settings
@@ -39,6 +40,9 @@ class Stack:
 
     profile: str = "run"
     log: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr, flush=True))
+    otlp_endpoint: str | None = None
+    """Base URL of an OTLP/HTTP trace receiver (``http://127.0.0.1:4318``) every service exports its spans to;
+    ``None``: spans are made (trace context still propagates) but not exported."""
 
     def __post_init__(self) -> None:
         self.ports: Ports = ports_for(self.profile)
@@ -52,9 +56,12 @@ class Stack:
         """Fetch and unpack every server once (idempotent; downloads are cached across checkouts)."""
         started = time.monotonic()
         with ThreadPoolExecutor(max_workers=4) as pool:
-            for future in [
+            futures: list[Future[object]] = [
                 pool.submit(s.provision) for s in (self.keycloak, self.kafka, self.mongo, self.s3)
-            ]:
+            ]
+            # The OHIF build the gateway serves at /viewer/ (npm, verified, cached like the servers).
+            futures.append(pool.submit(ensure_viewer))
+            for future in futures:
                 future.result()
         self.log(f"provisioned in {time.monotonic() - started:.1f}s")
 
@@ -131,7 +138,12 @@ class Stack:
         env["EMAGE_ACCESS_INGEST_URL"] = self.service_url("ingest")
         env["EMAGE_ACCESS_CONSENT_URL"] = self.service_url("consent")
         env["EMAGE_ACCESS_AUDIT_URL"] = self.service_url("audit")
+        if is_provisioned():
+            env["EMAGE_ACCESS_VIEWER_DIR"] = str(viewer_dir())
         env["EMAGE_CONSENT_CATALOG_URL"] = self.service_url("catalog")
+        if self.otlp_endpoint:
+            for name in SERVICES:
+                env[f"EMAGE_{name.upper()}_OTEL_EXPORTER_OTLP_ENDPOINT"] = self.otlp_endpoint
         return env
 
     def start_services(self, names: tuple[str, ...] = SERVICES, timeout: float = 60) -> None:

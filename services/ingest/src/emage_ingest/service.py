@@ -17,9 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Final, Literal, Protocol
+from typing import Final, Literal, Protocol, get_args
 
 from botocore.exceptions import BotoCoreError, ClientError
+from prometheus_client import Counter
 from pydantic import ValidationError
 from pymongo.errors import PyMongoError
 
@@ -45,6 +46,16 @@ _UNAVAILABLE_ERRORS: Final = (PyMongoError, BotoCoreError, ClientError, OSError,
 
 StoreSource = Literal["stow", "dimse", "import", "pull"]
 StoreStatus = Literal["stored", "duplicate", "replaced", "failed"]
+
+INGESTED_BYTES: Final = Counter(
+    "emage_ingest_bytes",
+    "Bytes of DICOM Part 10 objects made durable: in the archive, recorded in the index with their "
+    "instance.stored event. Duplicates and refused instances add nothing. By arrival path.",
+    ["path"],
+)
+# Every path's series exists from the start at 0, so that rate() sees the first instance of each.
+for _path in get_args(StoreSource):
+    INGESTED_BYTES.labels(path=_path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +288,9 @@ class IngestService:
         finally:
             if claimed:
                 await asyncio.shield(self._release(sop_instance_uid, token))
+        # Durable from here on (object archived, record and outbox entry committed): counted once, whatever
+        # becomes of the direct publication, since the relay publishes the event anyway.
+        INGESTED_BYTES.labels(path=request.source).inc(inspected.size_bytes)
         # Publish now; if Kafka does not confirm in time, the outbox entry stays for the relay.
         await self._publication.publish(INSTANCE_STORED_TOPIC, event)
         if existing is not None:

@@ -4,6 +4,7 @@ emage generate OUTDIR [--kind cr|ct|mr|us|mg|all]… [--patients N] [--slices N]
 emage import DIR [--url URL] [--facility FINESS] [--concurrency N] [--token TOKEN]
 emage demo [--url URL] [--cache-dir DIR] [--regenerate]
 emage audit verify [--url URL] [--token TOKEN]
+emage db dump|verify|restore --archive FILE [--uri URI] [--db NAME] [--drop]
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from rich.table import Table
 from rich.text import Text
 
 from emage_cli.audit import app as audit_app
+from emage_cli.backup import app as backup_app
 from emage_cli.importer.outcomes import FileResult, ImportSummary, Outcome
 from emage_cli.synthetic import KINDS
 from emage_cli.synthetic.identities import DEV_PATIENTS
@@ -43,11 +45,12 @@ if TYPE_CHECKING:
 
 app = typer.Typer(
     name="emage",
-    help="e-mage command line: synthetic DICOM studies, bulk import by STOW-RS, demo data.",
+    help="e-mage command line: synthetic DICOM studies, bulk import by STOW-RS, demo data, database backups.",
     no_args_is_help=True,
     add_completion=False,
 )
 app.add_typer(audit_app, name="audit")
+app.add_typer(backup_app, name="db")
 console = Console(stderr=True)
 
 DEFAULT_URL = "http://127.0.0.1:8081"
