@@ -402,9 +402,47 @@ def test_bad_frame_lists(wado: Archive, frame_list: str, status: int) -> None:
     assert wado.client.get(path_of(record) + f"/frames/{frame_list}").status_code == status
 
 
-def test_frames_of_a_video_are_not_separable(wado: Archive) -> None:
+def test_frames_of_a_video_are_decoded_to_explicit_little_endian(wado: Archive) -> None:
+    """A video's frames are not separable in storage: each one asked for is decoded (what Cornerstone gets
+    when OHIF prefetches the frames of a video viewport, with ``transfer-syntax=*``)."""
     record = wado.store(video(mp4_stream()))
-    assert wado.client.get(path_of(record) + "/frames/1").status_code == 406
+    accept = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+    response = wado.client.get(path_of(record) + "/frames/1,5", headers={"Accept": accept})
+    assert response.status_code == 200
+    parts = multipart_parts(response.headers["content-type"], response.content)
+    assert [content_type for content_type, _ in parts] == [
+        f"application/octet-stream; transfer-syntax={EXPLICIT_LE}"
+    ] * 2
+    first, fifth = (np.frombuffer(content, dtype=np.uint8).reshape(64, 64, 3) for _, content in parts)
+    # The white bar of frame n starts at column 3 (n - 1): decoded, give or take the lossy coding.
+    assert first[:, 0:8].mean() > 200 > first[:, 20:].mean()
+    assert fifth[:, 12:20].mean() > 200 > fifth[:, 0:8].mean()
+    default = wado.client.get(path_of(record) + "/frames/20")
+    ((content_type, content),) = multipart_parts(default.headers["content-type"], default.content)
+    assert content_type == f"application/octet-stream; transfer-syntax={EXPLICIT_LE}"
+    assert len(content) == 64 * 64 * 3
+
+
+def test_frames_of_a_video_are_never_the_bit_stream(wado: Archive) -> None:
+    record = wado.store(video(mp4_stream()))
+    as_stored = wado.client.get(
+        path_of(record) + "/frames/1", headers={"Accept": 'multipart/related; type="video/mp4"'}
+    )
+    assert as_stored.status_code == 406
+    assert "video/mp4" in as_stored.json()["detail"]
+    assert wado.client.get(path_of(record) + "/frames/21").status_code == 404
+
+
+def test_a_video_has_thumbnails_and_rendered_frames(wado: Archive) -> None:
+    record = wado.store(video(mp4_stream()))
+    for path in ("/thumbnail", "/frames/3/rendered", "/frames/3/thumbnail"):
+        response = wado.client.get(path_of(record) + path, headers={"Accept": "image/jpeg"})
+        assert response.status_code == 200, path
+        assert response.headers["content-type"] == "image/jpeg"
+        assert _image_of(response.content).size[0] > 0
+    series = wado.client.get(path_of(record).rsplit("/instances/", 1)[0] + "/thumbnail")
+    assert series.status_code == 200
+    assert series.headers["content-type"] == "image/jpeg"
 
 
 def test_bulk_data_of_pixel_data_and_of_another_attribute(wado: Archive) -> None:

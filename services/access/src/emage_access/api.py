@@ -14,10 +14,12 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 
-from emage_access import __version__, internal_api, sharing_api
+from emage_access import __version__, internal_api, portal, professionals, sharing_api, viewer
 from emage_access.adapters.catalog import CatalogUnavailableError, HttpStudyDirectory
 from emage_access.adapters.consent_follower import ConsentFollower
 from emage_access.adapters.mongo import MongoBreakGlassStore, MongoLinkStore, MongoShareStore
+from emage_access.adapters.professionals import MongoDirectory
+from emage_access.adapters.study_cache import CachedStudyDirectory
 from emage_access.auth import authenticated_claims
 from emage_access.decisions import AccessDecider, AuditUnavailableError
 from emage_access.dicomweb_proxy import Upstream
@@ -93,6 +95,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             links = MongoLinkStore(database)
             break_glass = MongoBreakGlassStore(database)
             await sharing_api.ensure_indexes(database)
+            professional_directory = MongoDirectory(database)
+            await professional_directory.ensure_indexes()
+            app.state.professionals = professional_directory
             directory = HttpStudyDirectory(catalog)
             app.state.upstreams = {Upstream.CATALOG: catalog, Upstream.INGEST: ingest}
             app.state.internal_apis = {internal_api.CONSENT: consent, internal_api.AUDIT: audit}
@@ -102,7 +107,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.link_sessions = links
             app.state.break_glass = break_glass
             app.state.decider = AccessDecider(
-                directory=directory,
+                directory=CachedStudyDirectory(
+                    directory, ttl_seconds=settings.study_attributes_cache_seconds
+                ),
                 consent=view,
                 shares=shares,
                 break_glass=break_glass,
@@ -130,7 +137,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = build_service_app(
         settings,
         version=__version__,
-        routers=[router, sharing_api.router, internal_api.router, internal_api.fhir_router, dicomweb_router],
+        routers=[
+            router,
+            sharing_api.router,
+            professionals.router,
+            internal_api.router,
+            internal_api.fhir_router,
+            dicomweb_router,
+            portal.router,
+        ],
         service_lifespan=gateway_lifespan,
         readiness={"consent_view": consent_view_ready},
     )
@@ -141,12 +156,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return app.openapi()
 
     app.add_api_route("/api/v1/openapi.json", openapi_document, methods=["GET"], include_in_schema=False)
+    app.include_router(viewer.router(settings))
     app.state.consent_view = view
     validator = OidcValidator.from_settings(settings)
     app.state.oidc = validator
     app.state.runtime.on_shutdown(validator.aclose)
     app.add_exception_handler(AuditUnavailableError, _unavailable)
     app.add_exception_handler(CatalogUnavailableError, _unavailable)
+    # Professionals enter the directory patients search to share with, as their tokens are seen.
+    app.add_middleware(professionals.DirectoryRecorder)
     return app
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -39,8 +40,28 @@ class Settings(OidcSettings, ServiceSettings):
     break_glass_roles: frozenset[Role] = frozenset({Role.RADIOLOGIST, Role.REFERRING_PHYSICIAN})
     break_glass_max_minutes: int = Field(default=240, ge=1, le=24 * 60)
 
+    study_attributes_cache_seconds: float = Field(default=1.0, ge=0, le=30)
+    """How long a study's access attributes are reused between decisions (a viewer's burst of frame
+    requests asks the catalog once); a change of the study reaches decisions within it. 0 disables it."""
+
     consent_view_ready_timeout_seconds: float = Field(default=60.0, gt=0)
     """How long startup waits for the consent view to catch up with ``consent.changed``."""
+
+    web_oidc_issuer: str | None = None
+    """The issuer browsers sign in at (viewer and portal), when it differs from the URL the gateway reaches
+    (an issuer behind another host name); by default ``oidc_issuer``."""
+    web_client_id: str = "emage-web"
+    """Public OIDC client (authorization code + PKCE) of professionals in the viewer and the portal."""
+    patient_client_id: str = "emage-patient"
+    """Public OIDC client (authorization code + PKCE) of patients in the portal."""
+    viewer_dir: Path | None = None
+    """The OHIF viewer's static build (the ``dist/`` folder of ``npm pack @ohif/app``), served at
+    ``/viewer/``; unset: the deployment has no viewer and ``/viewer/`` answers 404."""
+
+    @property
+    def browser_issuer(self) -> str:
+        """The OIDC issuer as browsers reach it."""
+        return self.web_oidc_issuer or self.oidc_issuer
 
     @property
     def policy(self) -> PolicySettings:

@@ -73,6 +73,7 @@ from emage_access.domain.sharing import (
     normalize_justification,
     request_break_glass,
 )
+from emage_access.portal.qr import qr_svg_data_uri
 from emage_common.events import DicomUid, RppsId
 
 _log = logging.getLogger(__name__)
@@ -426,6 +427,7 @@ class ShareLinkCreated(ShareLinkOut):
                     "url": "/portal/link#9b2f0e7c1a3d4b5e6f708192a3b4c5d6Zr8x…",
                     "secret": "9b2f0e7c1a3d4b5e6f708192a3b4c5d6Zr8x…",
                     "one_time_code": "48213067",
+                    "qr_code": "data:image/svg+xml;charset=utf-8,%3Csvg…",
                 }
             ]
         }
@@ -436,6 +438,10 @@ class ShareLinkCreated(ShareLinkOut):
     secret: str
     one_time_code: str | None
     """The code the opener must give, for a ``one_time_code`` link; it cannot be shown again."""
+    qr_code: str
+    """A QR code of the link's absolute URL (secret included) as an SVG ``data:`` URI, to scan with a
+    phone; made here so that the secret is never sent anywhere to draw it. Never pass it on with the one-time
+    code."""
 
 
 class ShareLinkList(BaseModel):
@@ -528,11 +534,13 @@ async def post_share_link(
         )
     await links.create(issued.link)
     await _announce(announcer)
+    url = f"{LINK_URL_PATH}#{issued.secret}"
     return ShareLinkCreated(
         **ShareLinkOut.of(issued.link, now).model_dump(),
-        url=f"{LINK_URL_PATH}#{issued.secret}",
+        url=url,
         secret=issued.secret,
         one_time_code=issued.one_time_code,
+        qr_code=qr_svg_data_uri(str(request.base_url).rstrip("/") + url),
     )
 
 

@@ -8,11 +8,14 @@ unchanged:
   the other; Explicit VR Little Endian on request by decompressing one instance at a time.
 - ``.../frames/{frameList}`` (§10.4.1.1.2): each frame cut from the archive with one ranged read, so the first
   frame leaves after two small S3 reads whatever the size of the instance.
+  Frames of an MPEG-4 AVC/HEVC video are not separable: they are decoded (PyAV) and sent as Explicit VR Little
+  Endian RGB, which is also what ``transfer-syntax=*`` gets (Cornerstone prefetches them in OHIF's video
+  viewport); thumbnails and rendered frames of a video are made from the same decoded frames.
 - ``.../bulk/{tag}``: the bulk data a metadata ``BulkDataURI`` points to (§10.4.1.1.4, PS3.18 Annex F.2.6).
 - ``.../rendered`` and ``.../frames/{n}/rendered`` (§10.4.1.1.3, §9.5): JPEG, PNG or GIF through
   :mod:`emage_ingest.domain.rendering`; ``video/mp4`` for MPEG-4 AVC/HEVC instances held in an MP4
   container, with byte ranges so that a ``<video>`` element can seek. This is where OHIF's video viewport
-  looks (it requests ``.../rendered`` as a direct URL, Accept ``*/*`` or ``video/mp4``).
+  looks (the viewer's configuration fetches ``.../rendered`` with the token, Accept ``*/*``).
 - ``.../thumbnail`` of a study, series, instance or frame (§10.4.1.1.5): a JPEG of at most 128 pixels a side.
 
 Media types are negotiated per §8.7.5 (:mod:`emage_ingest.domain.frames`); the ``accept`` query parameter of
@@ -69,14 +72,17 @@ from emage_ingest.domain.frames import (
 )
 from emage_ingest.domain.model import ArchivedInstance, FrameLocation
 from emage_ingest.domain.rendering import (
+    Rendered,
     RenderingParameterError,
     RenderingParameters,
     UndecodableFrameError,
     bulk_data_value,
     can_decode,
+    decode_video_frames,
     decompressed_size,
     frame_as_native_octets,
     render_frame,
+    render_video_frame,
     rendering_parameters,
     thumbnail_viewport,
     transcode_to_explicit_vr_little_endian,
@@ -163,10 +169,21 @@ def _image_frames(record: ArchivedInstance) -> Sequence[FrameLocation]:
     return record.frames
 
 
+def _decodable_video(record: ArchivedInstance) -> bool:
+    """An MPEG-4 AVC or HEVC bit stream whose frames can be decoded here (PyAV) for frames, rendered frames
+    and thumbnails."""
+    return (
+        record.transfer_syntax_uid in MPEG4_AVC_TRANSFER_SYNTAXES | HEVC_TRANSFER_SYNTAXES
+        and bool(record.frames)
+        and record.number_of_frames > 0
+        and record.pixels is not None
+    )
+
+
 def _frame_numbers(record: ArchivedInstance, frame_list: str) -> tuple[int, ...]:
-    frames = _image_frames(record)
+    count = record.number_of_frames if _decodable_video(record) else len(_image_frames(record))
     try:
-        return parse_frame_list(frame_list, len(frames))
+        return parse_frame_list(frame_list, count)
     except InvalidFrameListError as exc:
         raise HTTPException(400, str(exc)) from exc
     except FrameOutOfRangeError as exc:
@@ -387,8 +404,50 @@ async def retrieve_frames(
 ) -> Response:
     record = await _instance(components, study, series, instance)
     numbers = _frame_numbers(record, frame_list)
+    if _decodable_video(record):
+        return await _video_frames_response(request, components, record, numbers)
     representation = _negotiate_pixels(request, record)
     return await _frames_response(components, record, numbers, representation)
+
+
+async def _video_frames_response(
+    request: Request, components: IngestComponents, record: ArchivedInstance, numbers: Sequence[int]
+) -> Response:
+    """Frames of a video, decoded: a video bit stream has no separable frames (PS3.5 §8.2.5-§8.2.9), so each
+    frame is offered only as Explicit VR Little Endian octets (RGB, PS3.18 Table 8.7.3-4), which is also
+    what ``transfer-syntax=*`` gets. The whole stream is to be retrieved as bulk data or rendered video/mp4.
+    """
+    try:
+        negotiate_pixel_data(_acceptable(request), EXPLICIT_VR_LITTLE_ENDIAN, can_decode=False)
+    except NotAcceptableError as exc:
+        raise HTTPException(
+            406,
+            f"{exc}: the frames of a video are decoded; the video itself is its bulk data or rendered "
+            "resource (video/mp4)",
+        ) from exc
+    decoded = await _decoded_video_frames(components, record, numbers)
+    part_type = f"{OCTET_STREAM}; transfer-syntax={EXPLICIT_VR_LITTLE_ENDIAN}"
+
+    async def parts() -> AsyncIterator[tuple[str, PartContent]]:
+        for number in numbers:
+            yield part_type, decoded[number].tobytes()
+
+    return _multipart(parts(), OCTET_STREAM)
+
+
+async def _decoded_video_frames(
+    components: IngestComponents, record: ArchivedInstance, numbers: Sequence[int]
+) -> dict[int, Rendered]:
+    if decompressed_size(record) > MAX_DECOMPRESSED_BYTES:
+        raise HTTPException(406, "the video is too large to be decoded here")
+    pieces = _video_pieces(record)
+    total = await _video_length(components, record)
+    chunks = await _primed(_video_bytes(components, record, pieces, 0, total))
+    video = b"".join([chunk async for chunk in chunks])
+    try:
+        return await asyncio.to_thread(decode_video_frames, video, numbers)
+    except UndecodableFrameError as exc:
+        raise HTTPException(406, f"the video cannot be decoded here: {exc}") from exc
 
 
 @router.get(_INSTANCE + "/bulk/{tag}", summary="Retrieve bulk data (PS3.18 §10.4.1.1.4)")
@@ -561,6 +620,8 @@ def _parameters(request: Request) -> RenderingParameters:
 
 
 def _renderable(record: ArchivedInstance) -> bool:
+    if _decodable_video(record):
+        return True
     return (
         record.number_of_frames > 0
         and bool(record.frames)
@@ -576,6 +637,10 @@ async def _rendered_image(
     media_type: str,
     parameters: RenderingParameters,
 ) -> Response:
+    if _decodable_video(record):
+        pixels = (await _decoded_video_frames(components, record, [number]))[number]
+        image = await asyncio.to_thread(render_video_frame, pixels, record, media_type, parameters)
+        return Response(image, media_type=media_type)
     frame = await _stored_frame(components, record, number)
     try:
         image = await asyncio.to_thread(
@@ -592,8 +657,12 @@ async def _render(
     parameters = _parameters(request)
     offered: tuple[str, ...] = ()
     if record.transfer_syntax_uid in VIDEO_TRANSFER_SYNTAXES:
-        if number is None and await _is_mp4(components, record):
-            offered = (VIDEO_MP4,)
+        if number is None:
+            if await _is_mp4(components, record):
+                offered = (VIDEO_MP4,)
+        elif _decodable_video(record):
+            # A frame of a video is an image: decoded, then rendered like any other.
+            offered = RENDERED_IMAGE_MEDIA_TYPES
     elif _renderable(record):
         offered = RENDERED_IMAGE_MEDIA_TYPES
     if not offered:

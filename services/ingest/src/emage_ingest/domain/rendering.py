@@ -17,9 +17,11 @@ from __future__ import annotations
 import io
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import IO, Any, Final, Literal, cast
 
+import av
 import numpy as np
 import numpy.typing as npt
 from PIL import Image
@@ -389,6 +391,43 @@ def render_frame(
 ) -> bytes:
     """One stored frame to an encoded rendered image: decode, present, viewport, encode."""
     image = render_pixels(decode_frame(frame, instance, transfer_syntax), instance, parameters.window)
+    if parameters.viewport is not None:
+        image = apply_viewport(image, parameters.viewport)
+    return encode_image(image, media_type, parameters.quality)
+
+
+def decode_video_frames(video: bytes, numbers: Sequence[int]) -> dict[int, Rendered]:
+    """Frames ``numbers`` (1-based) of a video bit stream (an MP4 file or another container FFmpeg reads) as
+    RGB arrays ``(rows, columns, 3)``, the stream decoded from its start up to the last frame asked.
+
+    A video's frames are not separable in storage (PS3.5 §8.2.5-§8.2.9): a frame, a thumbnail or a rendered
+    frame of it is made by decoding (PyAV, FFmpeg's decoders). A frame beyond the stream raises
+    :class:`UndecodableFrameError`.
+    """
+    wanted = set(numbers)
+    last = max(wanted, default=0)
+    found: dict[int, Rendered] = {}
+    try:
+        with av.open(io.BytesIO(video), mode="r") as container:
+            stream = container.streams.video[0]
+            for index, frame in enumerate(container.decode(stream), start=1):
+                if index in wanted:
+                    found[index] = cast("Rendered", frame.to_ndarray(format="rgb24"))
+                if index >= last:
+                    break
+    except (av.FFmpegError, IndexError, ValueError) as exc:
+        raise UndecodableFrameError(f"the video could not be decoded: {exc}") from exc
+    missing = wanted - found.keys()
+    if missing:
+        raise UndecodableFrameError(f"the video has no frame {min(missing)}")
+    return found
+
+
+def render_video_frame(
+    pixels: Rendered, instance: ArchivedInstance, media_type: str, parameters: RenderingParameters
+) -> bytes:
+    """A decoded video frame (RGB) to an encoded rendered image: present, viewport, encode."""
+    image = render_pixels(pixels, instance, parameters.window)
     if parameters.viewport is not None:
         image = apply_viewport(image, parameters.viewport)
     return encode_image(image, media_type, parameters.quality)
