@@ -527,6 +527,42 @@ async def test_a_patient_objects_to_sharing_then_lifts_the_objection(page: Page,
     await expect(page.locator("#consents tbody tr", has_text="Actif")).to_have_count(0)
 
 
+async def test_a_patient_allows_a_facility_whose_radiologist_then_reads_the_study_until_revoked(
+    page: Page, world: World, tokens: Tokens, api: httpx.AsyncClient
+) -> None:
+    async def radiologist_a_reads_b1() -> int:
+        headers = {"Authorization": f"Bearer {tokens('radiologist-a')}"}
+        return (await api.get(f"/dicomweb/studies/{world.b1.uid}/metadata", headers=headers)).status_code
+
+    async def eventually(status: int) -> None:
+        deadline = time.monotonic() + 30
+        while (current := await radiologist_a_reads_b1()) != status:
+            assert time.monotonic() < deadline, f"radiologist-a still gets {current} for B1, not {status}"
+            await asyncio.sleep(0.2)
+
+    assert await radiologist_a_reads_b1() == 404
+    await sign_in(page, world.gateway, "patient", "patient-2")
+    await page.goto(f"{world.gateway}/portal/#/consents")
+    form = page.locator("#grant-consent")
+    await form.get_by_label("Qui").select_option("facility")
+    await form.get_by_label("Numéro FINESS ou RPPS").fill("75000000")
+    await form.get_by_role("button", name="Autoriser").click()
+    await expect(page.locator("main .message.error")).to_have_text("Un numéro FINESS a 9 caractères.")
+    await form.get_by_label("Numéro FINESS ou RPPS").fill(FACILITY_A)
+    await form.get_by_role("button", name="Autoriser").click()
+    await expect(page.locator("main .message.success")).to_have_text("Consentement enregistré.")
+    grants = page.locator("#consents tbody tr", has_text=f"FINESS {FACILITY_A}")
+    await expect(grants).to_have_count(2)  # one per key of the record: INS and local ID
+    await screenshot(page, "portal-consent-granted")
+    await eventually(200)
+
+    for _ in range(2):
+        await grants.filter(has_text="Actif").first.get_by_role("button", name="Révoquer").click()
+        await expect(page.locator("main .message.success")).to_have_text("Consentement révoqué.")
+    await expect(grants.filter(has_text="Actif")).to_have_count(0)
+    await eventually(404)
+
+
 def test_screenshots_were_written() -> None:
     names = {path.stem for path in artifacts_dir().glob("*.png")}
     assert {

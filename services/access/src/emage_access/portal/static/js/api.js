@@ -13,6 +13,8 @@ export class ApiError extends Error {
 
 async function send(path, options, token) {
   const headers = { Accept: options.accept || 'application/json', Authorization: `Bearer ${token}` };
+  // A creation the client may retry after losing the answer: the server records it once (consents).
+  if (options.idempotencyKey) headers['Idempotency-Key'] = options.idempotencyKey;
   let body;
   if (options.body !== undefined) {
     headers['Content-Type'] = 'application/json';
@@ -48,8 +50,8 @@ export async function getJson(path) {
   return (await request(path)).body;
 }
 
-export async function postJson(path, body) {
-  return (await request(path, { method: 'POST', body })).body;
+export async function postJson(path, body, { idempotencyKey } = {}) {
+  return (await request(path, { method: 'POST', body, idempotencyKey })).body;
 }
 
 export async function remove(path) {

@@ -1,7 +1,7 @@
 // The patient's pages: exams, shares, share links, consents and objections, access log, alerts.
 
 import { getJson, postJson, request } from './api.js';
-import { h, message, replace } from './dom.js';
+import { field, h, message, replace } from './dom.js';
 import { currentLanguage, formatDateTime, t } from './i18n.js';
 import { errorText, renderLinks, renderShares } from './sharing.js';
 import { renderStudies } from './studies.js';
@@ -41,14 +41,54 @@ async function renderConsents(container, session) {
     }
   }
 
+  /** One consent per key of the patient's record (studies are filed under the INS or the local ID), each
+   * with an Idempotency-Key: clicking again after a failure completes what is missing, never doubles it. */
+  async function recordForEveryKey(path, body, attempt) {
+    for (const key of patientKeys(session.claims)) {
+      await postJson(path, { ...body, patient_key: key }, { idempotencyKey: `${attempt}:${key}` });
+    }
+  }
+
+  let opposeAttempt = crypto.randomUUID();
   async function oppose() {
     try {
-      // One opposition per key of the patient's record: studies are filed under the INS or the local ID.
-      for (const key of patientKeys(session.claims)) {
-        await postJson('/api/v1/consents/oppositions', { patient_key: key });
-      }
+      await recordForEveryKey('/api/v1/consents/oppositions', {}, opposeAttempt);
+      opposeAttempt = crypto.randomUUID();
       await load();
       replace(status, message('success', t('consents.opposed')));
+    } catch (error) {
+      replace(status, message('error', errorText(error)));
+    }
+  }
+
+  const kind = h(
+    'select',
+    { name: 'grantee-kind' },
+    h('option', { value: 'facility' }, t('consents.kindFacility')),
+    h('option', { value: 'professional' }, t('consents.kindProfessional')),
+  );
+  const identifier = h('input', { name: 'grantee-id', required: true, autocomplete: 'off', inputmode: 'numeric' });
+  const until = h('input', { name: 'valid-until', type: 'date' });
+  let grantAttempt = crypto.randomUUID();
+  async function grant(event) {
+    event.preventDefault();
+    const value = identifier.value.trim();
+    const facility = kind.value === 'facility';
+    if (!(facility ? /^(?:[0-9]{2}|2[AB])[0-9]{7}$/ : /^[0-9]{11}$/).test(value)) {
+      replace(status, message('error', t(facility ? 'consents.badFiness' : 'consents.badRpps')));
+      identifier.focus();
+      return;
+    }
+    const body = { grantee: facility ? { kind: 'facility', finess: value } : { kind: 'professional', rpps: value } };
+    // The end of the chosen day, where the patient is.
+    if (until.value) body.valid_until = new Date(`${until.value}T23:59:59`).toISOString();
+    try {
+      await recordForEveryKey('/api/v1/consents', body, grantAttempt);
+      grantAttempt = crypto.randomUUID();
+      identifier.value = '';
+      until.value = '';
+      await load();
+      replace(status, message('success', t('consents.granted')));
     } catch (error) {
       replace(status, message('error', errorText(error)));
     }
@@ -93,6 +133,15 @@ async function renderConsents(container, session) {
     container,
     h('h1', {}, t('consents.title')),
     h('p', {}, t('consents.intro')),
+    h(
+      'form',
+      { id: 'grant-consent', class: 'card', onsubmit: grant },
+      h('h2', {}, t('consents.grantTitle')),
+      field(t('consents.kind'), kind),
+      field(t('consents.identifier'), identifier, t('consents.identifierHint')),
+      field(t('consents.until'), until, t('consents.untilHint')),
+      h('div', { class: 'actions' }, h('button', { type: 'submit' }, t('consents.grant'))),
+    ),
     h('div', { class: 'actions' }, h('button', { type: 'button', class: 'danger', onclick: oppose }, t('consents.oppose'))),
     status,
     list,
