@@ -10,7 +10,6 @@ topic, is ``test_catalog_replay.py``.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import subprocess
 import sys
@@ -21,14 +20,18 @@ from typing import Any
 
 import httpx
 import pytest
-from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset
+from catalog_events import (
+    SyntheticInstances,
+    answers,
+    eventually,
+    numbered_instances,
+    publish_stored,
+    settled_answers,
+)
 from pymongo import MongoClient
 from pymongo.database import Database
 
-from emage_common.events import INSTANCE_STORED_TOPIC, InstanceStored, PatientIdentity, make_event
-from emage_common.kafka import EventPublisher, build_kafka_config
-from emage_common.settings import ServiceSettings
+from emage_common.events import InstanceStored
 from emage_devstack.stack import Stack
 
 pytestmark = pytest.mark.integration
@@ -37,7 +40,6 @@ pytestmark = pytest.mark.integration
 # catalog, unscoped sometimes (``/series?Modality=MR``), and must not find these studies.
 ROOT = "1.2.826.0.1.3680043.8.498.7305"
 FACILITY = "440000057"
-WAIT_S = 60
 MODALITIES = {
     "XA": "1.2.840.10008.5.1.4.1.1.12.1",
     "NM": "1.2.840.10008.5.1.4.1.1.20",
@@ -45,55 +47,36 @@ MODALITIES = {
 }
 
 
+INSTANCES = SyntheticInstances(
+    ROOT,
+    rows=16,
+    size_bytes=1024,
+    sha256="ab" * 32,
+    stored_at=datetime(2024, 7, 1, tzinfo=UTC),
+    bulk_data_threshold=256,
+)
+
+
 def stored_instance(study: int, series: int, instance: int) -> InstanceStored:
     """An instance of ``study`` (its modality, date and patient follow from the study number)."""
-    study_uid, series_uid = f"{ROOT}.{study}", f"{ROOT}.{study}.{series}"
-    sop_uid = f"{series_uid}.{instance}"
     modality = list(MODALITIES)[study % 3]
-    ds = Dataset()
-    ds.SOPClassUID = MODALITIES[modality]
-    ds.SOPInstanceUID = sop_uid
-    ds.StudyDate = f"1998{study % 12 + 1:02d}{study % 27 + 1:02d}"
-    ds.StudyTime = f"{study % 24:02d}1500"
-    ds.AccessionNumber = f"BKP-{study}"
-    ds.StudyDescription = f"Backup drill {modality}"
-    ds.Modality = modality
-    ds.PatientName = f"Backup^Patient{study % 3}"
-    ds.PatientID = f"BKP-{study % 3}"
-    ds.StudyInstanceUID = study_uid
-    ds.SeriesInstanceUID = series_uid
-    ds.SeriesNumber = series
-    ds.InstanceNumber = instance
-    ds.Rows = ds.Columns = 16
-    ds.BitsAllocated = 16
-    ds.add(DataElement(0x7FE00010, "OW", bytes(16 * 16 * 2)))
-    instance_path = f"studies/{study_uid}/series/{series_uid}/instances/{sop_uid}"
-    return InstanceStored(
-        study_instance_uid=study_uid,
-        series_instance_uid=series_uid,
-        sop_instance_uid=sop_uid,
-        sop_class_uid=MODALITIES[modality],
-        transfer_syntax_uid="1.2.840.10008.1.2.1",
-        object_key=instance_path,
-        size_bytes=1024,
-        sha256="ab" * 32,
-        facility_finess=FACILITY,
-        patient=PatientIdentity(patient_id=f"BKP-{study % 3}", issuer_of_patient_id=FACILITY),
+    return INSTANCES.event(
+        study,
+        series,
+        instance,
         modality=modality,
-        stored_at=datetime(2024, 7, 1, tzinfo=UTC),
-        dicom_json=ds.to_json_dict(
-            bulk_data_threshold=256,
-            bulk_data_element_handler=lambda element: f"{instance_path}/bulk/{element.tag:08X}",
-        ),
+        sop_class=MODALITIES[modality],
+        facility=FACILITY,
+        patient_id=f"BKP-{study % 3}",
+        patient_name=f"Backup^Patient{study % 3}",
+        study_date=f"1998{study % 12 + 1:02d}{study % 27 + 1:02d}",
+        study_time=f"{study % 24:02d}1500",
+        accession=f"BKP-{study}",
+        StudyDescription=f"Backup drill {modality}",
     )
 
 
-EVENTS = [
-    stored_instance(study, series, instance)
-    for study in range(1, 9)
-    for series in range(1, study % 3 + 2)
-    for instance in range(1, 4)
-]
+EVENTS = [stored_instance(*numbers) for numbers in numbered_instances(8)]
 QUERIES = [
     ("/studies", {"AccessionNumber": "BKP-*", "includefield": "all"}),
     ("/studies", {"PatientID": "BKP-1"}),
@@ -107,12 +90,6 @@ QUERIES = [
     (f"/studies/{ROOT}.2/metadata", {}),
     (f"/studies/{ROOT}.8/series/{ROOT}.8.3/metadata", {}),
 ]
-
-
-async def answers(client: httpx.AsyncClient) -> list[tuple[int, str | None, bytes]]:
-    """Status, total count (``X-Total-Count``) and body of every query, in order."""
-    responses = [await client.get(path, params=params) for path, params in QUERIES]
-    return [(r.status_code, r.headers.get("X-Total-Count"), r.content) for r in responses]
 
 
 def database_content(db: Database[Any]) -> dict[str, tuple[int, str, list[Any]]]:
@@ -152,23 +129,15 @@ async def client(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
 async def test_a_wiped_catalog_restored_from_its_backup_answers_identically(
     stack: Stack, client: httpx.AsyncClient, kafka_bootstrap: str, mongo_uri: str, tmp_path: Path
 ) -> None:
-    config = build_kafka_config(
-        ServiceSettings(service_name="ingest", http_port=8081, kafka_bootstrap_servers=kafka_bootstrap)
-    )
-    async with EventPublisher(config) as publisher:
-        for stored in EVENTS:
-            await publisher.publish(INSTANCE_STORED_TOPIC, make_event(stored, "/emage/ingest"))
+    await publish_stored(kafka_bootstrap, EVENTS)
 
     async def catalogued() -> list[tuple[int, str | None, bytes]]:
         instances = await client.get("/instances", params={"AccessionNumber": "BKP-*"})
         if instances.headers.get("X-Total-Count") != str(len(EVENTS)):
             return []
-        # Settled: the last instances' series and study documents are written too.
-        first = await answers(client)
-        await asyncio.sleep(0.5)
-        return first if await answers(client) == first else []
+        return await settled_answers(client, QUERIES)
 
-    before = await _eventually(catalogued)
+    before = await eventually(catalogued)
     assert all(status == 200 for status, _, _ in before)
     assert [count for _, count, _ in before[:7]] == ["8", "3", "2", "3", "8", "9", "6"]
 
@@ -201,13 +170,4 @@ async def test_a_wiped_catalog_restored_from_its_backup_answers_identically(
         if "catalog" not in stack.services:
             stack.start_services(("catalog",))
 
-    assert await answers(client) == before
-
-
-async def _eventually(check: Any) -> Any:
-    async with asyncio.timeout(WAIT_S):
-        while True:
-            result = await check()
-            if result:
-                return result
-            await asyncio.sleep(0.2)
+    assert await answers(client, QUERIES) == before

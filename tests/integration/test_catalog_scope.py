@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
-from pydicom.dataelem import DataElement
+from catalog_events import SyntheticInstances, eventually, ingest_publisher
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pymongo import AsyncMongoClient
@@ -37,14 +37,12 @@ from emage_common.access_contract import (
     WireSearchScope,
 )
 from emage_common.events import INSTANCE_STORED_TOPIC, InstanceStored, PatientIdentity, make_event
-from emage_common.kafka import EventPublisher, build_kafka_config
-from emage_common.settings import ServiceSettings
+from emage_common.kafka import EventPublisher
 from emage_devstack.stack import Stack
 
 pytestmark = pytest.mark.integration
 
 ROOT = "1.2.826.0.1.3680043.8.498.7303"
-WAIT_S = 60
 # Facilities of this module only, so that other modules' studies never fall within a scope here.
 F1, F2, F3 = "130000013", "330000024", "590000035"
 REFERRER, OTHER_REFERRER = "10100000107", "10100000065"
@@ -136,51 +134,39 @@ def _person(rpps: str, facility: str) -> Dataset:
     return person
 
 
+INSTANCES = SyntheticInstances(
+    ROOT,
+    rows=16,
+    size_bytes=512,
+    sha256="ef" * 32,
+    stored_at=datetime(2024, 6, 1, tzinfo=UTC),
+    bulk_data_threshold=256,
+)
+
+
 def instance_stored(exam: Exam, series: int, instance: int) -> InstanceStored:
     described = exam.series[series - 1]
-    sop_class = SOP_CLASSES[described.modality]
-    ds = Dataset()
-    ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = exam.sop_uid(series, instance)
-    ds.StudyDate = exam.study_date
-    ds.StudyTime = "120000"
-    ds.AccessionNumber = f"SCP-{exam.key}"
-    ds.Modality = described.modality
-    ds.ReferringPhysicianName = "Referrer^Some"
+    care: dict[str, Any] = {"ReferringPhysicianName": "Referrer^Some"}
     if exam.referrer is not None:
-        ds.ReferringPhysicianIdentificationSequence = Sequence([_person(exam.referrer, exam.facility)])
-    ds.OperatorsName = [f"Operator^{rpps}" for rpps in described.operators]
+        care["ReferringPhysicianIdentificationSequence"] = Sequence([_person(exam.referrer, exam.facility)])
+    care["OperatorsName"] = [f"Operator^{rpps}" for rpps in described.operators]
     if described.operators:
-        ds.OperatorIdentificationSequence = Sequence(
+        care["OperatorIdentificationSequence"] = Sequence(
             [_person(rpps, exam.facility) for rpps in described.operators]
         )
-    ds.PatientName = f"Scope^{exam.patient_id}"
-    ds.PatientID = exam.patient_id
-    ds.StudyInstanceUID = exam.study_uid
-    ds.SeriesInstanceUID = exam.series_uid(series)
-    ds.SeriesNumber = series
-    ds.InstanceNumber = instance
-    ds.Rows = ds.Columns = 16
-    ds.BitsAllocated = 16
-    ds.add(DataElement(0x7FE00010, "OW", bytes(16 * 16 * 2)))
-    path = f"studies/{exam.study_uid}/series/{exam.series_uid(series)}/instances/{ds.SOPInstanceUID}"
-    return InstanceStored(
-        study_instance_uid=exam.study_uid,
-        series_instance_uid=exam.series_uid(series),
-        sop_instance_uid=ds.SOPInstanceUID,
-        sop_class_uid=sop_class,
-        transfer_syntax_uid="1.2.840.10008.1.2.1",
-        object_key=path,
-        size_bytes=512,
-        sha256="ef" * 32,
-        facility_finess=exam.facility,
-        patient=PatientIdentity(patient_id=exam.patient_id, issuer_of_patient_id=exam.facility),
+    return INSTANCES.event(
+        exam.key,
+        series,
+        instance,
         modality=described.modality,
-        stored_at=datetime(2024, 6, 1, tzinfo=UTC),
-        dicom_json=ds.to_json_dict(
-            bulk_data_threshold=256,
-            bulk_data_element_handler=lambda element: f"{path}/bulk/{element.tag:08X}",
-        ),
+        sop_class=SOP_CLASSES[described.modality],
+        facility=exam.facility,
+        patient_id=exam.patient_id,
+        patient_name=f"Scope^{exam.patient_id}",
+        study_date=exam.study_date,
+        study_time="120000",
+        accession=f"SCP-{exam.key}",
+        **care,
     )
 
 
@@ -194,15 +180,6 @@ def events_of(exam: Exam, *, series: tuple[int, ...] | None = None) -> Iterator[
 def scope(*clauses: WireScopeClause) -> dict[str, str]:
     """The header of a search within ``clauses``."""
     return {SEARCH_SCOPE_HEADER: WireSearchScope(clauses=clauses).encode()}
-
-
-async def eventually(check: Callable[[], Any]) -> Any:
-    async with asyncio.timeout(WAIT_S):
-        while True:
-            result = await check()
-            if result:
-                return result
-            await asyncio.sleep(0.2)
 
 
 async def search(
@@ -237,10 +214,7 @@ async def client(catalog_url: str) -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture(scope="module")
 async def publisher(kafka_bootstrap: str) -> AsyncIterator[EventPublisher]:
-    config = build_kafka_config(
-        ServiceSettings(service_name="ingest", http_port=8081, kafka_bootstrap_servers=kafka_bootstrap)
-    )
-    async with EventPublisher(config) as started:
+    async with ingest_publisher(kafka_bootstrap) as started:
         yield started
 
 

@@ -464,24 +464,38 @@ async def test_an_iid_launch_the_gateway_cannot_serve_is_a_bilingual_400_page(
 # --- Break the glass, consents, access log, alerts -----------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def emergency_study(services: Stack, world: World) -> Study:
+    """A study of patient-1 at CHU Alpha for the break-the-glass test alone: the grant lasts hours, and the
+    gateway tests that run later expect radiologist-b to reach none of the shared world's studies."""
+    study = publish_study(services, FACILITY_A, "IPP-A-000001", FACILITY_A)
+    await_catalogued(services, study)
+    return study
+
+
 async def test_break_the_glass_is_justified_then_shown_to_the_patient(
-    page: Page, second_context: BrowserContext, world: World, tokens: Tokens, api: httpx.AsyncClient
+    page: Page,
+    second_context: BrowserContext,
+    world: World,
+    emergency_study: Study,
+    tokens: Tokens,
+    api: httpx.AsyncClient,
 ) -> None:
     await sign_in(page, world.gateway, "professional", "radiologist-b")
     await page.goto(f"{world.gateway}/portal/#/break-glass")
-    await page.get_by_label("UID de l'examen (Study Instance UID)").fill(world.a1.uid)
+    await page.get_by_label("UID de l'examen (Study Instance UID)").fill(emergency_study.uid)
     await page.get_by_label("Justification médicale").fill(
         "Patiente inconsciente aux urgences, scanner antérieur nécessaire."
     )
     await page.get_by_role("button", name="Ouvrir l'accès d'urgence").click()
     await expect(page.locator("main .message.success")).to_contain_text("Accès d'urgence ouvert jusqu'au")
     opening = page.get_by_role("link", name="Ouvrir dans la visionneuse")
-    assert await opening.get_attribute("href") == f"/viewer/viewer?StudyInstanceUIDs={world.a1.uid}"
+    assert await opening.get_attribute("href") == f"/viewer/viewer?StudyInstanceUIDs={emergency_study.uid}"
     await screenshot(page, "portal-break-glass")
     await assert_accessible(page)
     # The study read under the grant: the access the patient's log flags.
     read = await api.get(
-        f"/dicomweb/studies/{world.a1.uid}/metadata",
+        f"/dicomweb/studies/{emergency_study.uid}/metadata",
         headers={"Authorization": f"Bearer {tokens('radiologist-b')}"},
     )
     assert read.status_code == 200
@@ -508,6 +522,32 @@ async def test_break_the_glass_is_justified_then_shown_to_the_patient(
     await screenshot(patient, "portal-access-log-en")
 
 
+async def _end_active_consents(api: httpx.AsyncClient, token: str) -> None:
+    """Lift or revoke whatever a test left active, so a failure cannot change the decisions of later tests."""
+    headers = {"Authorization": f"Bearer {token}"}
+    consents = (await api.get("/api/v1/consents", params={"limit": 1000}, headers=headers)).json()["items"]
+    for consent in consents:
+        if consent["status"] in ("active", "scheduled"):
+            act = "oppositions/{}/lift" if consent["provision"] == "deny" else "{}/revoke"
+            ended = await api.post(
+                f"/api/v1/consents/{act.format(consent['consent_id'])}", json={}, headers=headers
+            )
+            assert ended.status_code == 200, ended.text
+
+
+@pytest.fixture
+async def patient_1_consents_ended(api: httpx.AsyncClient, tokens: Tokens) -> AsyncIterator[None]:
+    yield
+    await _end_active_consents(api, tokens("patient-1"))
+
+
+@pytest.fixture
+async def patient_2_consents_ended(api: httpx.AsyncClient, tokens: Tokens) -> AsyncIterator[None]:
+    yield
+    await _end_active_consents(api, tokens("patient-2"))
+
+
+@pytest.mark.usefixtures("patient_1_consents_ended")
 async def test_a_patient_objects_to_sharing_then_lifts_the_objection(page: Page, world: World) -> None:
     await sign_in(page, world.gateway, "patient", "patient-1")
     await page.goto(f"{world.gateway}/portal/#/consents")
@@ -527,6 +567,7 @@ async def test_a_patient_objects_to_sharing_then_lifts_the_objection(page: Page,
     await expect(page.locator("#consents tbody tr", has_text="Actif")).to_have_count(0)
 
 
+@pytest.mark.usefixtures("patient_2_consents_ended")
 async def test_a_patient_allows_a_facility_whose_radiologist_then_reads_the_study_until_revoked(
     page: Page, world: World, tokens: Tokens, api: httpx.AsyncClient
 ) -> None:

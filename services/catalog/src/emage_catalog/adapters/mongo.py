@@ -39,7 +39,15 @@ from emage_catalog.domain.care import (
     CareAttributes,
     operator_rpps,
 )
-from emage_catalog.domain.filing import Filing, HeldState, StoredInstance, reclassified_series
+from emage_catalog.domain.filing import (
+    Filing,
+    HeldState,
+    InstanceDocument,
+    SeriesDocument,
+    StoredInstance,
+    StudyDocument,
+    reclassified_series,
+)
 from emage_catalog.domain.levels import QueryLevel
 from emage_catalog.domain.matching import AnyOf, Between, Equals, Matcher, Pattern, Prefix, QueryKey
 from emage_catalog.domain.model import (
@@ -289,6 +297,60 @@ def _replacement(fields: IndexFields, previous: IndexFields | None) -> dict[str,
     return update
 
 
+def _instance_write(document: InstanceDocument) -> ReplaceOne[Document]:
+    """An instance's document, replaced whole."""
+    return ReplaceOne(
+        {"_id": document.entry.sop_instance_uid},
+        {
+            "study_uid": document.entry.study_instance_uid,
+            "series_uid": document.entry.series_instance_uid,
+            "dataset": document.entry.instance,
+            "q": document.index,
+            "stored_at": document.stored_at,
+        },
+        upsert=True,
+    )
+
+
+def _series_write(document: SeriesDocument) -> UpdateOne:
+    """A series' document, its fields set."""
+    return UpdateOne(
+        {"_id": document.series_instance_uid},
+        {
+            "$set": {
+                "study_uid": document.study_instance_uid,
+                "dataset": document.dataset,
+                "q": document.index,
+                "instance_count": document.totals.instance_count,
+                "sop_classes": list(document.totals.sop_class_uids),
+            }
+        },
+        upsert=True,
+    )
+
+
+def _study_write(document: StudyDocument) -> UpdateOne:
+    """A study's document, its fields set; its owning facility written once, at creation."""
+    return UpdateOne(
+        {"_id": document.entry.study_instance_uid},
+        {
+            "$set": {
+                "dataset": document.dataset,
+                "q": document.index,
+                "patient": document.entry.patient.model_dump(mode="json"),
+                "patient_key": document.entry.patient.patient_key,
+                "revision": document.revision,
+                _PENDING: document.announcement_pending,
+            },
+            "$setOnInsert": {
+                "facility_finess": document.entry.facility_finess,
+                "announced_revision": 0,
+            },
+        },
+        upsert=True,
+    )
+
+
 class MongoCatalogStore:
     """Study, series and instance documents in the catalog's own MongoDB database."""
 
@@ -408,73 +470,14 @@ class MongoCatalogStore:
         for copy in filing.series_keys:
             update = _replacement(copy.index, copy.previous)
             await self._instances.update_many({"series_uid": copy.uid}, update, session=session)
-        if filing.instances:
-            await self._instances.bulk_write(
-                [
-                    ReplaceOne(
-                        {"_id": document.entry.sop_instance_uid},
-                        {
-                            "study_uid": document.entry.study_instance_uid,
-                            "series_uid": document.entry.series_instance_uid,
-                            "dataset": document.entry.instance,
-                            "q": document.index,
-                            "stored_at": document.stored_at,
-                        },
-                        upsert=True,
-                    )
-                    for document in filing.instances
-                ],
-                ordered=False,
-                session=session,
-            )
-        if filing.series:
-            await self._series.bulk_write(
-                [
-                    UpdateOne(
-                        {"_id": document.series_instance_uid},
-                        {
-                            "$set": {
-                                "study_uid": document.study_instance_uid,
-                                "dataset": document.dataset,
-                                "q": document.index,
-                                "instance_count": document.totals.instance_count,
-                                "sop_classes": list(document.totals.sop_class_uids),
-                            }
-                        },
-                        upsert=True,
-                    )
-                    for document in filing.series
-                ],
-                ordered=False,
-                session=session,
-            )
-        if filing.studies:
-            await self._studies.bulk_write(
-                [
-                    UpdateOne(
-                        {"_id": document.entry.study_instance_uid},
-                        {
-                            "$set": {
-                                "dataset": document.dataset,
-                                "q": document.index,
-                                "patient": document.entry.patient.model_dump(mode="json"),
-                                "patient_key": document.entry.patient.patient_key,
-                                "revision": document.revision,
-                                _PENDING: document.announcement_pending,
-                            },
-                            # The owning facility is written once, at creation.
-                            "$setOnInsert": {
-                                "facility_finess": document.entry.facility_finess,
-                                "announced_revision": 0,
-                            },
-                        },
-                        upsert=True,
-                    )
-                    for document in filing.studies
-                ],
-                ordered=False,
-                session=session,
-            )
+        writes: list[tuple[AsyncCollection[Document], list[ReplaceOne[Document] | UpdateOne]]] = [
+            (self._instances, [_instance_write(document) for document in filing.instances]),
+            (self._series, [_series_write(document) for document in filing.series]),
+            (self._studies, [_study_write(document) for document in filing.studies]),
+        ]
+        for collection, requests in writes:
+            if requests:
+                await collection.bulk_write(requests, ordered=False, session=session)
 
     # --- study.changed announcements ------------------------------------------------------------------------
 
@@ -548,6 +551,10 @@ class MongoCatalogStore:
             collection.count_documents(condition) if condition else collection.estimated_document_count(),
             page_cursor.to_list(),
         )
+        # The count and the page are read side by side, not in one snapshot: while studies are being filed
+        # the page can see one the count did not. Matches only grow between the two reads, so the total is
+        # at least what the page shows — never a page that contradicts its own X-Total-Count.
+        total = max(total, query.offset + len(documents)) if documents else total
         lineage = await self._lineage(query.level, shape, documents)
         hits = []
         for document in documents:
