@@ -108,16 +108,24 @@ def test_every_decision_of_the_access_tests_is_in_the_trail_exactly_once(
     dpo = _auth(tokens("dpo"))
 
     def audited() -> list[str]:
-        ids: list[str] = []
+        """The event id of every access.decided record, one per chain position (``seq``).
+
+        Pages come newest first and the trail grows while they are read (the DPO's own reads are decisions),
+        so offset pages overlap: a record seen twice at the same position is the paging, not a duplicate.
+        """
+        by_seq: dict[int, str] = {}
+        read = 0
         while True:
             page = gateway.get(
-                f"/api/v1/audit/records?type=fr.emage.access.decided.v1&limit=500&offset={len(ids)}",
+                f"/api/v1/audit/records?type=fr.emage.access.decided.v1&limit=500&offset={read}",
                 headers=dpo,
             )
             assert page.status_code == 200, page.text
-            ids.extend(record["event_id"] for record in page.json())
-            if len(ids) >= int(page.headers["X-Total-Count"]) or not page.json():
-                return ids
+            records = page.json()
+            by_seq.update((record["seq"], record["event_id"]) for record in records)
+            read += len(records)
+            if read >= int(page.headers["X-Total-Count"]) or not records:
+                return list(by_seq.values())
 
     deadline = time.monotonic() + 120
     trail = audited()

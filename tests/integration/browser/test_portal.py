@@ -265,8 +265,22 @@ async def test_a_professional_signs_in_with_the_second_factor_and_searches_their
 # --- Patients: sharing with a professional ---------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def shared_study(services: Stack, world: World) -> Study:
+    """A study of patient-1 at CHU Alpha for the sharing test alone: the gateway tests that run later expect
+    no share, even a revoked one, on the shared world's studies."""
+    study = publish_study(services, FACILITY_A, "IPP-A-000001", FACILITY_A)
+    await_catalogued(services, study)
+    return study
+
+
 async def test_a_patient_shares_a_study_with_a_radiologist_who_sees_it_until_revoked(
-    page: Page, second_context: BrowserContext, world: World, tokens: Tokens, api: httpx.AsyncClient
+    page: Page,
+    second_context: BrowserContext,
+    world: World,
+    shared_study: Study,
+    tokens: Tokens,
+    api: httpx.AsyncClient,
 ) -> None:
     # radiologist-b has used the platform: the directory knows them (recorded from their token).
     await api.get("/dicomweb/studies", headers={"Authorization": f"Bearer {tokens('radiologist-b')}"})
@@ -294,11 +308,11 @@ async def test_a_patient_shares_a_study_with_a_radiologist_who_sees_it_until_rev
 
     await sign_in(page, world.gateway, "patient", "patient-1")
     await expect(page.get_by_role("heading", name="Mes examens")).to_be_visible()
-    await expect(study_row(page, world.a1)).to_be_visible(timeout=TIMEOUT_MS)
+    await expect(study_row(page, shared_study)).to_be_visible(timeout=TIMEOUT_MS)
     await expect(study_row(page, world.b1)).to_have_count(0)
     await screenshot(page, "portal-patient-exams")
 
-    await study_row(page, world.a1).get_by_role("button", name=re.compile("^Partager cet examen")).click()
+    await study_row(page, shared_study).get_by_role("button", name=re.compile("^Partager cet examen")).click()
     dialog = page.locator("dialog")
     await dialog.get_by_label("Nom ou numéro RPPS du professionnel").fill("Petit")
     await dialog.get_by_role("button", name="Chercher").click()
@@ -312,7 +326,7 @@ async def test_a_patient_shares_a_study_with_a_radiologist_who_sees_it_until_rev
 
     colleague = await second_context.new_page()
     await sign_in(colleague, world.gateway, "professional", "radiologist-b")
-    await expect(study_row(colleague, world.a1)).to_be_visible(timeout=TIMEOUT_MS)
+    await expect(study_row(colleague, shared_study)).to_be_visible(timeout=TIMEOUT_MS)
     await screenshot(colleague, "portal-professional-shared-study")
 
     await page.goto(f"{world.gateway}/portal/#/shares")
@@ -324,7 +338,7 @@ async def test_a_patient_shares_a_study_with_a_radiologist_who_sees_it_until_rev
 
     await colleague.get_by_role("button", name="Rechercher").click()
     await expect(colleague.locator("#study-count")).to_be_visible()
-    await expect(study_row(colleague, world.a1)).to_have_count(0)
+    await expect(study_row(colleague, shared_study)).to_have_count(0)
 
 
 # --- Share links ----------------------------------------------------------------------------------------

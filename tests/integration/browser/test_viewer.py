@@ -416,7 +416,10 @@ async def open_the_video_series(page: Page) -> None:
     """Double-click the H.264 series in OHIF's study browser: it opens in the active viewport."""
     series = page.locator("[data-cy=study-browser-thumbnail], [data-cy=study-browser-thumbnail-no-image]")
     await series.filter(has_text="H.264").first.dblclick()
-    await page.wait_for_function(f"() => ({VIDEO_STATE})().some(v => v.videoWidth > 0)", timeout=TIMEOUT_MS)
+    # Metadata first (videoWidth), then the first frame (readyState HAVE_CURRENT_DATA): wait for both.
+    await page.wait_for_function(
+        f"() => ({VIDEO_STATE})().some(v => v.videoWidth > 0 && v.readyState >= 2)", timeout=TIMEOUT_MS
+    )
 
 
 async def assert_the_video_plays(page: Page) -> list[dict[str, Any]]:
