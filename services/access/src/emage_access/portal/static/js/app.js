@@ -54,15 +54,20 @@ function signedIn(session) {
     const view = current();
     renderTabs(view);
     document.title = `${t(view.label)} — e-mage`;
+    // Each navigation renders into a container of its own: a page still loading when the user moves on
+    // finishes into a detached node instead of over the page now shown.
+    const page = h('div');
+    replace(main, page);
     try {
-      await view.render(main);
+      await view.render(page);
     } catch (error) {
+      if (!page.isConnected) return;
       if (error instanceof SignInRequired) {
-        replace(main, message('', t('callback.title')));
+        replace(page, message('', t('callback.title')));
         await signIn(session.kind, `/portal/${window.location.hash}`);
         return;
       }
-      replace(main, message('error', errorText(error)));
+      replace(page, message('error', errorText(error)));
     }
   }
 
