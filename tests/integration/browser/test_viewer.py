@@ -348,14 +348,17 @@ async def test_a_nurse_cannot_save_a_report(
     assert await sr_series(api, tokens("radiologist-a"), studies.ct) == before
 
 
-async def test_a_share_link_opens_the_viewer_read_only(
-    page: Page, gateway_url: str, studies: ViewerStudies, api: httpx.AsyncClient, tokens: Tokens
-) -> None:
+async def open_link_session(
+    page: Page, gateway_url: str, api: httpx.AsyncClient, tokens: Tokens, study_instance_uid: str
+) -> dict[str, Any]:
+    """radiologist-a makes a share link of the study, it is opened with the birth date, and the session is put
+    in this tab's storage as the portal's link page does once the second factor is proven (no Keycloak on
+    the way). The opened link's answer (its ``access_token``)."""
     expires = datetime.now(UTC) + timedelta(days=1)
     created = await api.post(
         "/api/v1/share-links",
         json={
-            "study_instance_uid": studies.ct,
+            "study_instance_uid": study_instance_uid,
             "expires_at": expires.isoformat(),
             "second_factor": "birth_date",
         },
@@ -367,15 +370,23 @@ async def test_a_share_link_opens_the_viewer_read_only(
         json={"secret": created.json()["secret"], "birth_date": PATIENT_1_BIRTH_DATE},
     )
     assert opened.status_code == 200, opened.text
-    session = opened.json()
-
-    # What the portal's link page does once the second factor is proven: the session in this tab's storage,
-    # then the viewer. No Keycloak on the way.
+    session: dict[str, Any] = opened.json()
     await page.goto(f"{gateway_url}/viewer/app-config.js")
     await page.evaluate(
         "(session) => sessionStorage.setItem('emage.linkSession', JSON.stringify(session))",
-        {"token": session["access_token"], "studyInstanceUid": studies.ct, "expiresAt": expires.isoformat()},
+        {
+            "token": session["access_token"],
+            "studyInstanceUid": study_instance_uid,
+            "expiresAt": expires.isoformat(),
+        },
     )
+    return session
+
+
+async def test_a_share_link_opens_the_viewer_read_only(
+    page: Page, gateway_url: str, studies: ViewerStudies, api: httpx.AsyncClient, tokens: Tokens
+) -> None:
+    session = await open_link_session(page, gateway_url, api, tokens, studies.ct)
     posted: list[Request] = []
     page.on("request", lambda request: posted.append(request))
     await page.goto(viewer_url(gateway_url, studies.ct))
@@ -463,28 +474,7 @@ async def test_the_ultrasound_h264_series_plays_as_mp4(
 async def test_a_share_link_plays_the_h264_series(
     page: Page, gateway_url: str, studies: ViewerStudies, api: httpx.AsyncClient, tokens: Tokens
 ) -> None:
-    expires = datetime.now(UTC) + timedelta(days=1)
-    created = await api.post(
-        "/api/v1/share-links",
-        json={
-            "study_instance_uid": studies.us,
-            "expires_at": expires.isoformat(),
-            "second_factor": "birth_date",
-        },
-        headers={"Authorization": f"Bearer {tokens('radiologist-a')}"},
-    )
-    assert created.status_code == 201, created.text
-    opened = await api.post(
-        "/api/v1/share-links/open",
-        json={"secret": created.json()["secret"], "birth_date": PATIENT_1_BIRTH_DATE},
-    )
-    assert opened.status_code == 200, opened.text
-    token = opened.json()["access_token"]
-    await page.goto(f"{gateway_url}/viewer/app-config.js")
-    await page.evaluate(
-        "(session) => sessionStorage.setItem('emage.linkSession', JSON.stringify(session))",
-        {"token": token, "studyInstanceUid": studies.us, "expiresAt": expires.isoformat()},
-    )
+    token = (await open_link_session(page, gateway_url, api, tokens, studies.us))["access_token"]
     responses: list[tuple[str, int]] = []
     page.on("response", lambda response: responses.append((response.url, response.status)))
     await page.goto(viewer_url(gateway_url, studies.us))
