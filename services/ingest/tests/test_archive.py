@@ -184,8 +184,16 @@ async def test_range_reads_fetch_only_the_covering_segments(
     if end > start:
         first, last = start // SEGMENT, (end - 1) // SEGMENT
         stride = SEGMENT + TAG_SIZE
-        expected = f"bytes={HEADER_SIZE + first * stride}-{HEADER_SIZE + (last + 1) * stride - 1}"
-        assert expected in s3.range_requests
+        if first == 0:
+            # The header and the first segments are contiguous: one request.
+            assert s3.range_requests == [f"bytes=0-{HEADER_SIZE + (last + 1) * stride - 1}"]
+        else:
+            assert sorted(s3.range_requests) == sorted(
+                [
+                    f"bytes=0-{HEADER_SIZE - 1}",
+                    f"bytes={HEADER_SIZE + first * stride}-{HEADER_SIZE + (last + 1) * stride - 1}",
+                ]
+            )
 
 
 async def test_a_range_outside_the_file_is_refused(archive: InstanceArchive, tmp_path: Path) -> None:

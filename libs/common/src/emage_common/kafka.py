@@ -199,8 +199,10 @@ class EventPublisher:
                 enable_idempotence=True,
                 acks="all",
                 max_request_size=MAX_EVENT_BYTES,
-                # A few milliseconds let concurrent STOW requests share a produce request.
-                linger_ms=2,
+                # No lingering: every publish is awaited by a caller (a STOW's acknowledgement, a gateway
+                # decision), so a linger adds its delay to each of them; records published while a
+                # produce request is in flight still share the next one.
+                linger_ms=0,
             )
         await self._producer.start()
         self._started = True

@@ -10,6 +10,9 @@ The per-request work is one pure ASGI middleware rather than FastAPI's native Op
 string holds patient names, identifiers and birth dates (PS3.18 §10.6), which have no business in a trace
 store. The same reason keeps uvicorn's access log off; this middleware logs method, route template,
 status and duration instead.
+
+Route dependencies are ``async def`` even when they await nothing (reading ``app.state``): FastAPI runs a
+plain ``def`` dependency in a worker thread, a thread hop on every request for no work.
 """
 
 from __future__ import annotations

@@ -341,7 +341,7 @@ def wire_scope(scope: SearchScope) -> WireSearchScope:
     )
 
 
-def get_decider(request: Request) -> AccessDecider:
+async def get_decider(request: Request) -> AccessDecider:
     """FastAPI dependency: the process's decider."""
     decider: AccessDecider = request.app.state.decider
     return decider

@@ -162,7 +162,7 @@ class ProfessionalList(BaseModel):
 router = APIRouter(prefix="/api/v1", tags=["professionals"])
 
 
-def _directory(request: Request) -> ProfessionalDirectory:
+async def _directory(request: Request) -> ProfessionalDirectory:
     directory: ProfessionalDirectory = request.app.state.professionals
     return directory
 

@@ -100,7 +100,7 @@ _UNPROCESSABLE: Final[dict[int | str, dict[str, Any]]] = {
 # --- Dependencies -------------------------------------------------------------------------------------------
 
 
-def get_sharing_settings(request: Request) -> SharingSettings:
+async def get_sharing_settings(request: Request) -> SharingSettings:
     """The deployment's sharing limits: ``app.state.sharing_settings``, else defaults with its policy."""
     configured = getattr(request.app.state, "sharing_settings", None)
     if isinstance(configured, SharingSettings):
@@ -108,23 +108,23 @@ def get_sharing_settings(request: Request) -> SharingSettings:
     return SharingSettings(policy=request.app.state.settings.policy)
 
 
-def get_event_sink(request: Request) -> EventSink:
+async def get_event_sink(request: Request) -> EventSink:
     """Where ``share.changed`` is published: the service's Kafka publisher."""
     sink: EventSink = request.app.state.runtime.publisher
     return sink
 
 
-def _shares(request: Request) -> MongoShareStore:
+async def _shares(request: Request) -> MongoShareStore:
     store: MongoShareStore = request.app.state.shares
     return store
 
 
-def _links(request: Request) -> MongoLinkStore:
+async def _links(request: Request) -> MongoLinkStore:
     store: MongoLinkStore = request.app.state.links
     return store
 
 
-def _break_glass(request: Request) -> MongoBreakGlassStore:
+async def _break_glass(request: Request) -> MongoBreakGlassStore:
     store: MongoBreakGlassStore = request.app.state.break_glass
     return store
 
@@ -138,7 +138,7 @@ Links = Annotated[MongoLinkStore, Depends(_links)]
 BreakGlassGrants = Annotated[MongoBreakGlassStore, Depends(_break_glass)]
 
 
-def _announcer(shares: Shares, links: Links, sink: Sink) -> ShareAnnouncer:
+async def _announcer(shares: Shares, links: Links, sink: Sink) -> ShareAnnouncer:
     return ShareAnnouncer(shares, links, sink)
 
 

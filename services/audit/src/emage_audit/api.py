@@ -42,7 +42,7 @@ _ERRORS: Final[dict[int | str, dict[str, Any]]] = {
 # --- Who is asking ----------------------------------------------------------------------------------------
 
 
-def current_principal(request: Request) -> ForwardedPrincipal:
+async def current_principal(request: Request) -> ForwardedPrincipal:
     """The caller the gateway authenticated; 401 without a valid ``X-Emage-Principal``."""
     header = request.headers.get(PRINCIPAL_HEADER)
     if header is None:
@@ -72,7 +72,7 @@ def require_dpo(principal: ForwardedPrincipal) -> None:
         raise HTTPException(403, "Only the DPO may do this.")
 
 
-def _service(request: Request) -> AuditService:
+async def _service(request: Request) -> AuditService:
     service: AuditService = request.app.state.audit
     return service
 

@@ -86,7 +86,7 @@ async def current_principal(
         raise HTTPException(401, f"The {PRINCIPAL_HEADER} header is not a valid principal.") from None
 
 
-def consent_service(request: Request) -> ConsentService:
+async def consent_service(request: Request) -> ConsentService:
     """The service of the running app (set in its lifespan)."""
     service: ConsentService = request.app.state.consent
     return service

@@ -116,7 +116,7 @@ def ingest_lifespan(settings: Settings) -> ServiceLifespan:
     return lifespan
 
 
-def ingest_components(request: Request) -> IngestComponents:
+async def ingest_components(request: Request) -> IngestComponents:
     """FastAPI dependency: the components of the running app."""
     components: IngestComponents = request.app.state.ingest
     return components

@@ -117,17 +117,26 @@ class InstanceArchive:
     async def read_range(self, record: ArchivedInstance, start: int, end: int) -> bytes:
         """Plaintext bytes ``[start, end)`` of ``record``'s Part 10 file (``end`` exclusive, like a slice).
 
-        Fetches the header and just the segments covering the range, concurrently (one round trip), and
-        authenticates them. Raises :class:`ValueError` for a range outside the file.
+        Fetches the header and just the segments covering the range (one round trip: a single request
+        when the range starts in the first segment, which sits right after the header — a frame of most
+        single-frame images — else two concurrent ones), and authenticates them. Raises
+        :class:`ValueError` for a range outside the file.
         """
         if not 0 <= start <= end <= record.size_bytes:
             raise ValueError(f"byte range [{start}, {end}) is outside a file of {record.size_bytes} bytes")
         if start == end:
             return b""
-        header_bytes, sealed = await asyncio.gather(
-            self._get(record.object_key, 0, HEADER_SIZE),
-            self._get_segments(record.object_key, self._segment_size, start, end),
-        )
+        if start < self._segment_size:
+            last = (end - 1) // self._segment_size
+            both = await self._get(
+                record.object_key, 0, HEADER_SIZE + (last + 1) * (self._segment_size + TAG_SIZE)
+            )
+            header_bytes, sealed = both[:HEADER_SIZE], both[HEADER_SIZE:]
+        else:
+            header_bytes, sealed = await asyncio.gather(
+                self._get(record.object_key, 0, HEADER_SIZE),
+                self._get_segments(record.object_key, self._segment_size, start, end),
+            )
         header = EnvelopeHeader.from_bytes(header_bytes)
         if header.plaintext_size != record.size_bytes:
             raise EnvelopeError("the object's size differs from its record")
