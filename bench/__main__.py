@@ -4,6 +4,10 @@
     python -m bench --scale small          # the reduced-scale trial
     python -m bench --only stow,wado       # some scenarios (a partial report: for development)
     python -m bench --render docs/benchmarks/results.json   # the report again from saved results
+    python -m bench --only qido --add-to docs/benchmarks/results.json   # a second sitting of one run
+
+``--add-to``: the chosen scenarios run again on the same commit and scale and replace theirs in a saved run;
+the report then lists both sittings (a full run is long: the QIDO-RS catalog can be its own sitting).
 
 Run from the repository root (``make bench`` bootstraps, provisions and installs what it needs first).
 """
@@ -53,6 +57,37 @@ def write_report(context: dict[str, Any], results: Results, output: Path) -> Non
     output.write_text(render(context, results, links))
 
 
+def _earlier_sitting(
+    saved: Path, context: dict[str, Any], chosen: list[str]
+) -> tuple[dict[str, Any], Results]:
+    """The saved run ``saved`` without the ``chosen`` scenarios' results, its context extended by this
+    sitting; refused when the scale or the e-mage commit differ (one run measures one commit)."""
+    from bench.machine import emage_commit
+
+    earlier, results = load(saved)
+    if earlier["scale"] != context["scale"]:
+        raise SystemExit(f"{saved} was measured at another scale: run it again whole")
+    commit = emage_commit().split(" ")[0]
+    earlier_commit = str(earlier.get("versions", {}).get("e-mage", "")).split(" ")[0]
+    if commit != earlier_commit:
+        raise SystemExit(f"{saved} measured e-mage {earlier_commit}, this is {commit}: run it again whole")
+    for key in chosen:
+        results.failures.pop(key, None)
+        results.notes.pop(key, None)
+        results.facts.pop(key, None)
+        results.traces.pop(key, None)
+    results.metrics = [metric for metric in results.metrics if metric.scenario not in chosen]
+    sittings = earlier.get("sittings") or [
+        {key: earlier.get(key) for key in ("started", "command", "scenarios", "duration_s")}
+    ]
+    merged = {
+        **earlier,
+        "sittings": [*sittings, *context["sittings"]],
+        "scenarios": [key for key in SCENARIO_KEYS if key in {*earlier["scenarios"], *chosen}],
+    }
+    return merged, results
+
+
 def _stop_on_sigterm() -> None:
     """SIGTERM (``make`` interrupted, a CI timeout) unwinds like Ctrl-C: every process is stopped by PID."""
 
@@ -83,8 +118,21 @@ def _measure(args: argparse.Namespace) -> int:
         "profile": PROFILE,
         "command": args.command_line,
         "scenarios": chosen,
+        "sittings": [],
     }
+    context["sittings"].append(
+        {
+            "started": context["started"],
+            "command": args.command_line,
+            "scenarios": chosen,
+            "load average at start (1, 5, 15 min)": context["machine"].get(
+                "load average at start (1, 5, 15 min)"
+            ),
+        }
+    )
     results = Results()
+    if args.add_to is not None:
+        context, results = _earlier_sitting(args.add_to, context, chosen)
     log(f"scale {scale.name}: {', '.join(chosen)}")
     _stop_on_sigterm()
     # Everything imported (and matplotlib's backend and fonts loaded) before the long run: a `uv sync`
@@ -95,7 +143,7 @@ def _measure(args: argparse.Namespace) -> int:
     charts.warm_up()
     systems = BenchStack.start()
     try:
-        context["versions"] = versions(systems)
+        context["versions"] = {**versions(systems), **context.get("versions", {})}
         run = Run(systems, scale, results, work_dir())
         for key in chosen:
             began = time.monotonic()
@@ -108,8 +156,11 @@ def _measure(args: argparse.Namespace) -> int:
             log(f"scenario {key}: {time.monotonic() - began:.0f}s")
     finally:
         systems.stop()
-    context["duration_s"] = time.monotonic() - started
-    context["machine"]["load average at end (1, 5, 15 min)"] = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    sitting = context["sittings"][-1]
+    sitting["duration_s"] = time.monotonic() - started
+    sitting["load average at end (1, 5, 15 min)"] = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    context["duration_s"] = sum(float(each["duration_s"]) for each in context["sittings"])
+    context["machine"]["load average at end (1, 5, 15 min)"] = sitting["load average at end (1, 5, 15 min)"]
     write_report(context, results, args.output)
     log(f"wrote {args.output}")
     return 1 if results.failures else 0
@@ -129,6 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=default_report(), help="default: docs/benchmarks.md")
     parser.add_argument(
         "--render", type=Path, help="render the report from a saved results.json, run nothing"
+    )
+    parser.add_argument(
+        "--add-to",
+        type=Path,
+        help="a saved results.json of the same commit and scale: run the scenarios as its next sitting",
     )
     args = parser.parse_args(argv)
     if args.render is not None:

@@ -338,12 +338,32 @@ def render(
             "it is not the issue's benchmark. The full run: `make bench` (see *Reproduce*).",
             "",
         ]
+    sittings = context.get("sittings") or []
+    if len(sittings) > 1:
+        lines += [
+            f"Run in {len(sittings)} sittings on the same commit, the stack started from empty data for "
+            f"each (profile `{context.get('profile', '?')}`); {scale['repetitions']} repetitions of every "
+            "scenario, both systems in the same sitting, interleaved (each repetition alternates which "
+            "system goes first):",
+            "",
+            *(
+                f"- {sitting.get('started', '?')}, {float(sitting.get('duration_s') or 0) / 60:.0f} min, "
+                f"`{sitting.get('command', '?')}`: {', '.join(sitting.get('scenarios') or [])}; load average "
+                f"(1, 5, 15 min) at start {sitting.get('load average at start (1, 5, 15 min)', '?')}, at end "
+                f"{sitting.get('load average at end (1, 5, 15 min)', '?')}"
+                for sitting in sittings
+            ),
+            "",
+        ]
+    else:
+        lines += [
+            f"Run {context.get('started', '?')}, {float(context.get('duration_s', 0)) / 60:.0f} min, "
+            f"`{context.get('command', 'make bench')}`; stack profile `{context.get('profile', '?')}`; "
+            f"{scale['repetitions']} repetitions of every scenario, both systems in the same run, "
+            "interleaved (each repetition alternates which system goes first).",
+            "",
+        ]
     lines += [
-        f"Run {context.get('started', '?')}, {float(context.get('duration_s', 0)) / 60:.0f} min, "
-        f"`{context.get('command', 'make bench')}`; stack profile `{context.get('profile', '?')}`; "
-        f"{scale['repetitions']} repetitions of every scenario, both systems in the same run, interleaved "
-        "(each repetition alternates which system goes first).",
-        "",
         "## Machine",
         "",
         *_key_values(context.get("machine", {})),

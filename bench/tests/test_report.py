@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from bench.__main__ import _earlier_sitting
 from bench.config import SMALL, scale_from
 from bench.report import flat_limit_mib, latency_table, number, rate_table, render, targets
 from bench.results import EMAGE, ORTHANC, Better, Results, load
@@ -107,3 +110,45 @@ def test_scale_comes_from_the_environment() -> None:
     assert scale_from({}).name == "full"
     assert scale_from({"BENCH_SCALE": "small"}) == SMALL
     assert scale_from({"BENCH_SCALE": "small", "BENCH_REPETITIONS": "7"}).repetitions == 7
+
+
+def test_a_second_sitting_replaces_its_scenarios_and_the_report_lists_both(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    earlier = {**_context(), "versions": {"e-mage": "abc123 + 0 uncommitted file(s)"}}
+    earlier["scenarios"] = ["qido", "stow", "memory"]
+    _results().save(tmp_path / "results.json", earlier)
+    monkeypatch.setattr("bench.machine.emage_commit", lambda: "abc123 + 3 uncommitted file(s)")
+    now = {
+        "scale": earlier["scale"],
+        "sittings": [{"started": "2026-11-28 06:00 UTC", "command": "python -m bench --only qido"}],
+    }
+
+    context, results = _earlier_sitting(tmp_path / "results.json", now, ["qido"])
+
+    assert not results.of("qido")
+    assert "qido" not in results.facts
+    assert results.of("stow")
+    assert results.notes["stow"] == ["how it was measured"]
+    assert [sitting["started"] for sitting in context["sittings"]] == [
+        "2026-11-28 04:00 UTC",
+        "2026-11-28 06:00 UTC",
+    ]
+    context["sittings"][0]["duration_s"], context["sittings"][1]["duration_s"] = 600, 1800
+    page = render(context, results, {})
+    assert "Run in 2 sittings on the same commit" in page
+    assert "- 2026-11-28 06:00 UTC, 30 min, `python -m bench --only qido`: " in page
+
+
+def test_a_second_sitting_of_another_commit_or_scale_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    earlier = {**_context(), "versions": {"e-mage": "abc123"}, "scenarios": ["qido"]}
+    _results().save(tmp_path / "results.json", earlier)
+    monkeypatch.setattr("bench.machine.emage_commit", lambda: "def456")
+    with pytest.raises(SystemExit, match="measured e-mage abc123"):
+        _earlier_sitting(tmp_path / "results.json", {"scale": earlier["scale"], "sittings": []}, ["qido"])
+    monkeypatch.setattr("bench.machine.emage_commit", lambda: "abc123")
+    other = {**earlier["scale"], "name": "full"}  # type: ignore[dict-item]
+    with pytest.raises(SystemExit, match="another scale"):
+        _earlier_sitting(tmp_path / "results.json", {"scale": other, "sittings": []}, ["qido"])
