@@ -364,6 +364,11 @@ def render(
             "",
         ]
     lines += [
+        f"Sizes: a QIDO-RS catalog of {scale['catalog_studies']:,} studies / "
+        f"{scale['catalog_studies'] * scale['instances_per_study']:,} instances; a CT series of "
+        f"{scale['ct_slices']} slices for STOW-RS, C-STORE and WADO-RS; a {scale['large_ingest_mib']:,} MiB "
+        "study for the memory scenario.",
+        "",
         "## Machine",
         "",
         *_key_values(context.get("machine", {})),

@@ -137,6 +137,7 @@ def test_a_second_sitting_replaces_its_scenarios_and_the_report_lists_both(
     context["sittings"][0]["duration_s"], context["sittings"][1]["duration_s"] = 600, 1800
     page = render(context, results, {})
     assert "Run in 2 sittings on the same commit" in page
+    assert "Sizes: a QIDO-RS catalog of 2,000 studies / 20,000 instances; a CT series of 100 slices" in page
     assert "- 2026-11-28 06:00 UTC, 30 min, `python -m bench --only qido`: " in page
 
 
