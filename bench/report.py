@@ -443,7 +443,8 @@ def render(
         "```",
         "",
         "Raw samples of this run: `docs/benchmarks/results.json`. What each scenario sends, and why: "
-        "`bench/README.md`.",
+        "`bench/README.md`. Where the time goes (profiles) and what would close each target not met: "
+        "`docs/performance.md`.",
         "",
     ]
     return "\n".join(lines)
