@@ -57,35 +57,64 @@ def write_report(context: dict[str, Any], results: Results, output: Path) -> Non
     output.write_text(render(context, results, links))
 
 
+_LOAD_AT_START = "load average at start (1, 5, 15 min)"
+_LOAD_AT_END = "load average at end (1, 5, 15 min)"
+
+
 def _earlier_sitting(
     saved: Path, context: dict[str, Any], chosen: list[str]
 ) -> tuple[dict[str, Any], Results]:
     """The saved run ``saved`` without the ``chosen`` scenarios' results, its context extended by this
-    sitting; refused when the scale or the e-mage commit differ (one run measures one commit)."""
+    sitting. Refused unless this sitting measures what the saved one did: the same scale and machine, the
+    same e-mage commit, and no uncommitted change outside ``docs/`` in either sitting."""
     from bench.machine import emage_commit
 
     earlier, results = load(saved)
     if earlier["scale"] != context["scale"]:
         raise SystemExit(f"{saved} was measured at another scale: run it again whole")
+    hardware = ("cores", "memory", "cpu", "kernel", "os")
+    if any(earlier.get("machine", {}).get(key) != context["machine"].get(key) for key in hardware):
+        raise SystemExit(f"{saved} was measured on another machine: run it again whole")
     commit = emage_commit().split(" ")[0]
     earlier_commit = str(earlier.get("versions", {}).get("e-mage", "")).split(" ")[0]
     if commit != earlier_commit:
         raise SystemExit(f"{saved} measured e-mage {earlier_commit}, this is {commit}: run it again whole")
+    sittings = earlier.get("sittings") or [
+        {
+            **{key: earlier.get(key) for key in ("started", "command", "scenarios", "duration_s")},
+            _LOAD_AT_START: earlier.get("machine", {}).get(_LOAD_AT_START),
+            _LOAD_AT_END: earlier.get("machine", {}).get(_LOAD_AT_END),
+        }
+    ]
+    changed = [path for sitting in (*sittings, *context["sittings"]) for path in sitting.get("changes", [])]
+    if changed:
+        raise SystemExit(f"uncommitted changes were or are measured ({', '.join(sorted(set(changed)))})")
     for key in chosen:
         results.failures.pop(key, None)
         results.notes.pop(key, None)
         results.facts.pop(key, None)
         results.traces.pop(key, None)
     results.metrics = [metric for metric in results.metrics if metric.scenario not in chosen]
-    sittings = earlier.get("sittings") or [
-        {key: earlier.get(key) for key in ("started", "command", "scenarios", "duration_s")}
+    # The scenarios this sitting measures again are no longer the earlier sittings' own.
+    kept = [
+        {**sitting, "scenarios": [key for key in sitting.get("scenarios") or [] if key not in chosen]}
+        for sitting in sittings
     ]
     merged = {
         **earlier,
-        "sittings": [*sittings, *context["sittings"]],
+        "sittings": [*(sitting for sitting in kept if sitting["scenarios"]), *context["sittings"]],
         "scenarios": [key for key in SCENARIO_KEYS if key in {*earlier["scenarios"], *chosen}],
     }
     return merged, results
+
+
+def _same_versions(earlier: dict[str, str], now: dict[str, str]) -> None:
+    """Refuse a sitting whose servers or libraries differ from the saved run's (e-mage is checked apart)."""
+    differ = sorted(
+        key for key in earlier.keys() & now.keys() if key != "e-mage" and earlier[key] != now[key]
+    )
+    if differ:
+        raise SystemExit(f"versions differ from the saved run's ({', '.join(differ)}): run it again whole")
 
 
 def _stop_on_sigterm() -> None:
@@ -99,7 +128,7 @@ def _stop_on_sigterm() -> None:
 
 def _measure(args: argparse.Namespace) -> int:
     from bench.environment import BenchStack, log
-    from bench.machine import machine, versions
+    from bench.machine import machine, measured_changes, versions
     from bench.run import Run
 
     scale = scale_from(os.environ, args.scale, args.repetitions)
@@ -125,9 +154,8 @@ def _measure(args: argparse.Namespace) -> int:
             "started": context["started"],
             "command": args.command_line,
             "scenarios": chosen,
-            "load average at start (1, 5, 15 min)": context["machine"].get(
-                "load average at start (1, 5, 15 min)"
-            ),
+            _LOAD_AT_START: context["machine"].get(_LOAD_AT_START),
+            "changes": measured_changes(),
         }
     )
     results = Results()
@@ -143,7 +171,10 @@ def _measure(args: argparse.Namespace) -> int:
     charts.warm_up()
     systems = BenchStack.start()
     try:
-        context["versions"] = {**versions(systems), **context.get("versions", {})}
+        if args.add_to is not None:
+            _same_versions(context["versions"], versions(systems))
+        else:
+            context["versions"] = versions(systems)
         run = Run(systems, scale, results, work_dir())
         for key in chosen:
             began = time.monotonic()
@@ -158,9 +189,14 @@ def _measure(args: argparse.Namespace) -> int:
         systems.stop()
     sitting = context["sittings"][-1]
     sitting["duration_s"] = time.monotonic() - started
-    sitting["load average at end (1, 5, 15 min)"] = ", ".join(f"{v:.2f}" for v in os.getloadavg())
-    context["duration_s"] = sum(float(each["duration_s"]) for each in context["sittings"])
-    context["machine"]["load average at end (1, 5, 15 min)"] = sitting["load average at end (1, 5, 15 min)"]
+    sitting[_LOAD_AT_END] = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    context["duration_s"] = sum(float(each.get("duration_s") or 0) for each in context["sittings"])
+    if len(context["sittings"]) == 1:
+        context["machine"][_LOAD_AT_END] = sitting[_LOAD_AT_END]
+    else:
+        # Each sitting's load is listed with it; the machine table keeps only what does not change.
+        for key in (_LOAD_AT_START, _LOAD_AT_END):
+            context["machine"].pop(key, None)
     write_report(context, results, args.output)
     log(f"wrote {args.output}")
     return 1 if results.failures else 0

@@ -54,8 +54,20 @@ def emage_commit() -> str:
     """The checkout's commit, and how many files differ from it (other work in progress is measured too)."""
     root = str(repo_root())
     commit = _run("git", "-C", root, "rev-parse", "--short=12", "HEAD") or "unknown"
-    changed = [line for line in _run("git", "-C", root, "status", "--porcelain").splitlines() if line]
+    changed = uncommitted()
     return f"{commit} + {len(changed)} uncommitted file(s)" if changed else commit
+
+
+def uncommitted() -> list[str]:
+    """Paths of the checkout that differ from its commit (``git status --porcelain``)."""
+    lines = _run("git", "-C", str(repo_root()), "status", "--porcelain").splitlines()
+    return [line[3:] for line in lines if len(line) > 3]
+
+
+def measured_changes() -> list[str]:
+    """The uncommitted paths that can change a measurement: everything but ``docs/`` (a run rewrites its
+    own report there)."""
+    return [path for path in uncommitted() if not path.startswith("docs/")]
 
 
 def _package(name: str) -> str:

@@ -30,6 +30,7 @@ import struct
 import threading
 import time
 import zipfile
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from datetime import timedelta
@@ -231,9 +232,14 @@ def _load_orthanc(context: Run, pack: Path) -> None:
                 if response.status_code != 200:
                     raise BenchRequestError(f"Orthanc POST /instances answered {response.status_code}")
                 answers = response.json()
-                stored = sum(1 for answer in answers if answer.get("Status") == "Success")
+                if not isinstance(answers, list):  # a single answer: Orthanc did not read a ZIP archive
+                    raise BenchRequestError(f"Orthanc answered {str(answers)[:200]} to a ZIP archive")
+                statuses = Counter(str(answer.get("Status")) for answer in answers)
+                stored = statuses["Success"]
                 if stored != expected:
-                    raise BenchRequestError(f"Orthanc stored {stored} of an archive's {expected} instances")
+                    raise BenchRequestError(
+                        f"Orthanc stored {stored} of an archive's {expected} instances: {dict(statuses)}"
+                    )
                 if (count + stored) // 100_000 > count // 100_000:
                     log(f"qido: Orthanc, one client at {count + stored:,} instances")
                 count += stored

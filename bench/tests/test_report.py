@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.__main__ import _earlier_sitting
+from bench.__main__ import _earlier_sitting, _same_versions
 from bench.config import SMALL, scale_from
 from bench.report import flat_limit_mib, latency_table, number, rate_table, render, targets
 from bench.results import EMAGE, ORTHANC, Better, Results, load
@@ -115,12 +115,13 @@ def test_scale_comes_from_the_environment() -> None:
 def test_a_second_sitting_replaces_its_scenarios_and_the_report_lists_both(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    earlier = {**_context(), "versions": {"e-mage": "abc123 + 0 uncommitted file(s)"}}
-    earlier["scenarios"] = ["qido", "stow", "memory"]
+    earlier = {**_context(), "versions": {"e-mage": "abc123"}, "scenarios": ["qido", "stow", "memory"]}
     _results().save(tmp_path / "results.json", earlier)
+    # The first sitting rewrote its report: docs/ differs from the commit, which changes no measurement.
     monkeypatch.setattr("bench.machine.emage_commit", lambda: "abc123 + 3 uncommitted file(s)")
     now = {
         "scale": earlier["scale"],
+        "machine": earlier["machine"],
         "sittings": [{"started": "2026-11-28 06:00 UTC", "command": "python -m bench --only qido"}],
     }
 
@@ -134,22 +135,45 @@ def test_a_second_sitting_replaces_its_scenarios_and_the_report_lists_both(
         "2026-11-28 04:00 UTC",
         "2026-11-28 06:00 UTC",
     ]
-    context["sittings"][0]["duration_s"], context["sittings"][1]["duration_s"] = 600, 1800
+    assert context["sittings"][0]["scenarios"] == ["stow", "memory"]  # qido is the second sitting's now
+    context["sittings"][1]["duration_s"] = 1800
     page = render(context, results, {})
     assert "Run in 2 sittings on the same commit" in page
     assert "Sizes: a QIDO-RS catalog of 2,000 studies / 20,000 instances; a CT series of 100 slices" in page
+    assert "- 2026-11-28 04:00 UTC, 10 min, `BENCH_SCALE=small make bench`: stow, memory;" in page
     assert "- 2026-11-28 06:00 UTC, 30 min, `python -m bench --only qido`: " in page
 
 
-def test_a_second_sitting_of_another_commit_or_scale_is_refused(
+def test_a_sitting_whose_scenarios_all_ran_again_is_dropped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     earlier = {**_context(), "versions": {"e-mage": "abc123"}, "scenarios": ["qido"]}
     _results().save(tmp_path / "results.json", earlier)
-    monkeypatch.setattr("bench.machine.emage_commit", lambda: "def456")
-    with pytest.raises(SystemExit, match="measured e-mage abc123"):
-        _earlier_sitting(tmp_path / "results.json", {"scale": earlier["scale"], "sittings": []}, ["qido"])
     monkeypatch.setattr("bench.machine.emage_commit", lambda: "abc123")
-    other = {**earlier["scale"], "name": "full"}  # type: ignore[dict-item]
-    with pytest.raises(SystemExit, match="another scale"):
-        _earlier_sitting(tmp_path / "results.json", {"scale": other, "sittings": []}, ["qido"])
+    now = {"scale": earlier["scale"], "machine": earlier["machine"], "sittings": [{"started": "later"}]}
+    context, _ = _earlier_sitting(tmp_path / "results.json", now, ["qido"])
+    assert context["sittings"] == [{"started": "later"}]
+
+
+def test_a_second_sitting_measuring_something_else_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    earlier = {**_context(), "versions": {"e-mage": "abc123"}, "scenarios": ["qido"]}
+    _results().save(tmp_path / "results.json", earlier)
+    same = {"scale": earlier["scale"], "machine": earlier["machine"], "sittings": []}
+
+    def refused(now: dict[str, object], reason: str) -> None:
+        with pytest.raises(SystemExit, match=reason):
+            _earlier_sitting(tmp_path / "results.json", now, ["qido"])
+
+    monkeypatch.setattr("bench.machine.emage_commit", lambda: "def456")
+    refused(same, "measured e-mage abc123")
+    monkeypatch.setattr("bench.machine.emage_commit", lambda: "abc123 + 1 uncommitted file(s)")
+    refused({**same, "scale": {**earlier["scale"], "name": "full"}}, "another scale")  # type: ignore[dict-item]
+    refused({**same, "machine": {"cores": "8"}}, "another machine")
+    refused({**same, "sittings": [{"changes": ["services/ingest/src/x.py"]}]}, "uncommitted changes")
+    with pytest.raises(SystemExit, match="versions differ"):
+        _same_versions(
+            {"Orthanc": "1.10.1", "e-mage": "abc123"}, {"Orthanc": "1.12.0", "e-mage": "abc123 + 1"}
+        )
+    _same_versions({"Orthanc": "1.10.1", "e-mage": "abc123"}, {"Orthanc": "1.10.1", "e-mage": "abc123 + 3"})

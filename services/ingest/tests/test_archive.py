@@ -196,6 +196,21 @@ async def test_range_reads_fetch_only_the_covering_segments(
             )
 
 
+@pytest.mark.parametrize(("start", "end"), [(0, 10), (5, SEGMENT + 9), (SEGMENT + 3, 2 * SEGMENT + 1)])
+@pytest.mark.parametrize("reading_segment", [SEGMENT // 2, 2 * SEGMENT])
+async def test_an_object_written_with_another_segment_size_reads_right(
+    s3: MemoryS3, tmp_path: Path, start: int, end: int, reading_segment: int
+) -> None:
+    # Written with SEGMENT, read by an archive configured otherwise (the setting changed since): the header
+    # says which segments to fetch, whether the first request guessed them in one range or two.
+    keys = StudyKeyStore(MemoryCollection(), keyring())  # type: ignore[arg-type]
+    writer = InstanceArchive(s3, "bucket", keys, segment_size=SEGMENT)  # type: ignore[arg-type]
+    reader = InstanceArchive(s3, "bucket", keys, segment_size=reading_segment)  # type: ignore[arg-type]
+    data = os.urandom(3 * SEGMENT + 17)
+    instance = await stored(writer, tmp_path, data)
+    assert await reader.read_range(instance, start, end) == data[start:end]
+
+
 async def test_a_range_outside_the_file_is_refused(archive: InstanceArchive, tmp_path: Path) -> None:
     instance = await stored(archive, tmp_path, b"x" * 10)
     with pytest.raises(ValueError, match="outside"):
