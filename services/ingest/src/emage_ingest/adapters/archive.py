@@ -127,10 +127,7 @@ class InstanceArchive:
         if start == end:
             return b""
         if start < self._segment_size:
-            last = (end - 1) // self._segment_size
-            both = await self._get(
-                record.object_key, 0, HEADER_SIZE + (last + 1) * (self._segment_size + TAG_SIZE)
-            )
+            both = await self._get(record.object_key, 0, _sealed_end(self._segment_size, end))
             header_bytes, sealed = both[:HEADER_SIZE], both[HEADER_SIZE:]
         else:
             header_bytes, sealed = await asyncio.gather(
@@ -161,15 +158,20 @@ class InstanceArchive:
 
     async def _get_segments(self, key: str, segment_size: int, start: int, end: int) -> bytes:
         first = start // segment_size
-        last = (end - 1) // segment_size
-        stride = segment_size + TAG_SIZE
-        # The last segment may be shorter: a range past the object's end is clipped by S3 (RFC 9110 §14.1.2).
-        return await self._get(key, HEADER_SIZE + first * stride, HEADER_SIZE + (last + 1) * stride)
+        return await self._get(
+            key, HEADER_SIZE + first * (segment_size + TAG_SIZE), _sealed_end(segment_size, end)
+        )
 
     async def _get(self, key: str, start: int, end: int) -> bytes:
         body = await open_object(self._s3, self._bucket, key, byte_range=f"bytes={start}-{end - 1}")
         parts = [chunk async for chunk in body.chunks()]
         return b"".join(parts)
+
+
+def _sealed_end(segment_size: int, end: int) -> int:
+    """The object offset just past the sealed segment holding plaintext byte ``end - 1``. The last segment
+    may be shorter: a range past the object's end is clipped by S3 (RFC 9110 §14.1.2)."""
+    return HEADER_SIZE + ((end - 1) // segment_size + 1) * (segment_size + TAG_SIZE)
 
 
 def _read_and_seal(source: IO[bytes], cipher: SegmentCipher, first: int) -> bytes:
