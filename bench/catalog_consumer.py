@@ -35,173 +35,28 @@ import argparse
 import asyncio
 import contextlib
 import os
-import statistics
 import sys
-import time
-from collections import Counter
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
-from aiokafka.structs import TopicPartition
-from pymongo import AsyncMongoClient, monitoring
+from pymongo import AsyncMongoClient
 
-from bench.data import catalog_instances, catalog_plan, instance_stored_record
+from bench.consumer_harness import (
+    MONGO_CLIENT_OPTIONS,
+    PARTITIONS,
+    CommandCounter,
+    Fresh,
+    MemoryConsumer,
+    NullSink,
+    Outcome,
+    bulk_records,
+    measure,
+    mongod,
+    print_figures,
+    print_progress,
+)
 from emage_catalog.settings import Settings
-from emage_common.events import INSTANCE_STORED_TOPIC, CloudEvent
-
-PARTITIONS = 12
-"""``emage.instance.stored.v1``'s partition count in the devstack (``emage_devstack.kafka.TOPICS``)."""
-
-
-@dataclass
-class Record:
-    """What the runner reads of an aiokafka ``ConsumerRecord``."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes
-    value: bytes
-    timestamp: int
-    headers: tuple[tuple[str, bytes], ...] = ()
-
-
-@dataclass
-class MemoryConsumer:
-    """An in-memory stand-in for aiokafka's consumer (:class:`emage_common.kafka.ConsumerPort`).
-
-    ``getmany`` hands out up to ``max_records`` records, taking partitions in turn from where the previous
-    poll stopped, as a fetcher holding data of every partition does.
-    """
-
-    partitions: dict[int, list[Record]] = field(default_factory=dict)
-    positions: dict[int, int] = field(default_factory=dict)
-    committed: dict[int, int] = field(default_factory=dict)
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)
-    committed_changed: asyncio.Event = field(default_factory=asyncio.Event)
-    _next_partition: int = 0
-
-    def append(self, partition: int, key: bytes, value: bytes) -> Record:
-        records = self.partitions.setdefault(partition, [])
-        record = Record(INSTANCE_STORED_TOPIC, partition, len(records), key, value, int(time.time() * 1000))
-        records.append(record)
-        self.arrived.set()
-        return record
-
-    def rewind(self) -> None:
-        self.positions.clear()
-        self.committed.clear()
-        self.arrived.set()
-
-    def subscribe(self, topics: Sequence[str], listener: Any) -> None:
-        pass
-
-    async def start(self) -> None:
-        pass
-
-    async def stop(self) -> None:
-        pass
-
-    async def getmany(self, *, timeout_ms: int, max_records: int) -> Mapping[TopicPartition, Sequence[Any]]:
-        batch = self._take(max_records)
-        if not batch:
-            self.arrived.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.arrived.wait(), timeout_ms / 1000)
-            batch = self._take(max_records)
-        return batch
-
-    def _take(self, max_records: int) -> dict[TopicPartition, list[Record]]:
-        batch: dict[TopicPartition, list[Record]] = {}
-        numbers = sorted(self.partitions)
-        taken = 0
-        for step in range(len(numbers)):
-            if taken >= max_records:
-                break
-            number = numbers[(self._next_partition + step) % len(numbers)]
-            start = self.positions.get(number, 0)
-            records = self.partitions[number][start : start + max_records - taken]
-            if records:
-                batch[TopicPartition(INSTANCE_STORED_TOPIC, number)] = records
-                self.positions[number] = start + len(records)
-                taken += len(records)
-                self._next_partition = (self._next_partition + step + 1) % len(numbers)
-        return batch
-
-    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
-        for tp, offset in offsets.items():
-            self.committed[tp.partition] = offset
-        self.committed_changed.set()
-
-    def seek(self, partition: TopicPartition, offset: int) -> None:
-        self.positions[partition.partition] = offset
-
-    def done(self) -> bool:
-        return all(
-            self.committed.get(number, 0) >= len(records) for number, records in self.partitions.items()
-        )
-
-    async def wait_done(self) -> None:
-        while not self.done():
-            self.committed_changed.clear()
-            await self.committed_changed.wait()
-
-
-class CommandCounter(monitoring.CommandListener):
-    """Counts the commands a client sends (each one round trip to the server), by name."""
-
-    def __init__(self) -> None:
-        self.counts: Counter[str] = Counter()
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        self.counts[event.command_name] += 1
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
-
-
-class NullSink:
-    """Where the announcer's ``study.changed`` events and dead letters go: counted, not sent (the broker is
-    not measured)."""
-
-    def __init__(self) -> None:
-        self.dead_letters = 0
-
-    async def publish(self, topic: str, event: CloudEvent, key: str | None = None) -> None:
-        pass
-
-    async def publish_record(self, topic: str, value: bytes, *, key: bytes | None, headers: Any) -> None:
-        self.dead_letters += 1
-
-
-def bulk_records(studies: int, instances: int) -> list[tuple[int, bytes, bytes]]:
-    """(partition, key, value) of every event of the bulk load, in publication order."""
-    records = []
-    for study in catalog_plan(studies, seed=42):
-        for part10 in catalog_instances(study, instances):
-            key, value = instance_stored_record(part10)
-            records.append((_partition(key), key, value))
-    return records
-
-
-def _partition(key: bytes) -> int:
-    # Not Kafka's murmur2, but as even: what matters is that a study's events share a partition.
-    return int.from_bytes(key[-6:], "big") % PARTITIONS
-
-
-@dataclass
-class Outcome:
-    bulk_events_per_s: float
-    commands_per_event: float
-    commands: Counter[str]
-    cpu_ms_per_event: float
-    """CPU time of this process (the consumer, and the announcer beside it) per event of the bulk load."""
-    redelivery_events_per_s: float
-    latencies_ms: list[float]
+from emage_common.events import INSTANCE_STORED_TOPIC
 
 
 @contextlib.asynccontextmanager
@@ -222,14 +77,10 @@ async def consumer_of(
 
     settings = Settings(mongo_uri=uri, kafka_max_handler_attempts=3)
     # The options of emage_common.mongo.create_mongo_client, plus the command counter.
-    options: dict[str, Any] = {
-        "tz_aware": True,
-        "w": "majority",
-        "retryWrites": True,
-        "uuidRepresentation": "standard",
-    }
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri, event_listeners=[counter], **options)
-    announcer_client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri, **options)
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        uri, event_listeners=[counter], **MONGO_CLIENT_OPTIONS
+    )
+    announcer_client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri, **MONGO_CLIENT_OPTIONS)
     sink = NullSink()
     try:
         await client.drop_database("catalog")
@@ -288,39 +139,29 @@ async def one_run(
     for partition, key, value in records:
         consumer.append(partition, key, value)
     # Fresh partitions for the freshness samples, so that they never wait behind the bulk load.
-    fresh = bulk_records(latency_samples, 1) if latency_samples else []
-    async with consumer_of(uri, consumer, counter, one_by_one=one_by_one):
-        started, cpu_started = time.perf_counter(), time.process_time()
-        await consumer.wait_done()
-        bulk_s, cpu_s = time.perf_counter() - started, time.process_time() - cpu_started
-        commands = Counter(counter.counts)
+    fresh = [
+        Fresh(INSTANCE_STORED_TOPIC, partition + PARTITIONS, key, value)
+        for partition, key, value in (bulk_records(latency_samples, 1) if latency_samples else [])
+    ]
+
+    async def after_bulk() -> dict[str, list[dict[str, Any]]]:
         filed = await catalog_documents(uri)
         check_counts(filed, studies=studies, instances=instances)
+        return filed
 
-        consumer.rewind()
-        started = time.perf_counter()
-        await consumer.wait_done()
-        redelivery_s = time.perf_counter() - started
+    async def after_redelivery(filed: dict[str, list[dict[str, Any]]]) -> None:
         if await catalog_documents(uri) != filed:
             raise RuntimeError("the redelivery changed the catalog: the run is not valid")
 
-        latencies = []
-        for partition, key, value in fresh:
-            await asyncio.sleep(0.05)
-            appended = time.perf_counter()
-            consumer.append(partition + PARTITIONS, key, value)
-            async with asyncio.timeout(60):
-                await consumer.wait_done()
-            latencies.append((time.perf_counter() - appended) * 1000)
-    total = len(records)
-    return Outcome(
-        bulk_events_per_s=total / bulk_s,
-        commands_per_event=sum(commands.values()) / total,
-        commands=commands,
-        cpu_ms_per_event=cpu_s * 1000 / total,
-        redelivery_events_per_s=total / redelivery_s,
-        latencies_ms=latencies,
-    )
+    async with consumer_of(uri, consumer, counter, one_by_one=one_by_one):
+        return await measure(
+            consumer,
+            counter,
+            fresh,
+            events=len(records),
+            after_bulk=after_bulk,
+            after_redelivery=after_redelivery,
+        )
 
 
 async def catalog_documents(uri: str) -> dict[str, list[dict[str, Any]]]:
@@ -360,29 +201,6 @@ def check_counts(documents: Mapping[str, list[dict[str, Any]]], *, studies: int,
         raise RuntimeError(f"the catalog's counts are wrong ({len(wrong)} studies): the run is not valid")
 
 
-def _percentile(samples: Sequence[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    position = (len(ordered) - 1) * fraction
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-@contextlib.contextmanager
-def mongod(profile: str) -> Iterator[str]:
-    """The devstack's mongod of ``profile``, from empty data, stopped by PID on the way out."""
-    from emage_devstack.mongo import MongoServer
-    from emage_devstack.ports import ports_for
-
-    server = MongoServer(profile, ports_for(profile))
-    server.provision()
-    server.start(wipe=True)
-    try:
-        yield server.uri
-    finally:
-        server.stop()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.catalog_consumer", description=__doc__.split("\n")[0]
@@ -415,51 +233,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             )
             outcomes.append(outcome)
-            print(
-                f"run {run}: bulk {outcome.bulk_events_per_s:,.1f} events/s, "
-                f"{outcome.commands_per_event:.2f} commands/event; "
-                f"redelivery {outcome.redelivery_events_per_s:,.1f} events/s"
-                + (
-                    f"; one event: p50 {_percentile(outcome.latencies_ms, 0.5):.1f} ms"
-                    if outcome.latencies_ms
-                    else ""
-                ),
-                file=sys.stderr,
-            )
+            print_progress(run, outcome)
     _report(args, records, outcomes)
     return 0
 
 
 def _report(args: argparse.Namespace, records: Sequence[Any], outcomes: Sequence[Outcome]) -> None:
-    bulk = [outcome.bulk_events_per_s for outcome in outcomes]
-    redelivery = [outcome.redelivery_events_per_s for outcome in outcomes]
-    latencies = [sample for outcome in outcomes for sample in outcome.latencies_ms]
-    commands = outcomes[len(outcomes) // 2].commands
-    median_commands = statistics.median(outcome.commands_per_event for outcome in outcomes)
-    median_cpu = statistics.median(outcome.cpu_ms_per_event for outcome in outcomes)
     mode = "one record a transaction" if args.one_by_one else "batches"
     print(
         f"catalog consumer ({mode}): {len(records):,} events ({args.studies} studies x {args.instances} "
         f"instances, 2 series a study), {PARTITIONS} partitions, {len(outcomes)} run(s)"
     )
-    print(
-        f"  bulk load       {statistics.median(bulk):8,.1f} events/s  "
-        f"(min {min(bulk):,.1f}, max {max(bulk):,.1f})"
-    )
-    print(
-        f"  redelivery      {statistics.median(redelivery):8,.1f} events/s  "
-        f"(min {min(redelivery):,.1f}, max {max(redelivery):,.1f})"
-    )
-    print(f"  round trips     {median_commands:8.2f} MongoDB commands/event (bulk load)")
-    for name, count in commands.most_common():
-        print(f"    {name:<22} {count / len(records):6.2f}/event")
-    print(f"  consumer CPU    {median_cpu:8.2f} ms/event (this process: consumer and announcer)")
-    if latencies:
-        p50, p95, p99 = (_percentile(latencies, fraction) for fraction in (0.5, 0.95, 0.99))
-        print(
-            f"  one event       p50 {p50:.1f} ms, p95 {p95:.1f} ms, p99 {p99:.1f} ms "
-            f"(available → committed, n={len(latencies)})"
-        )
+    print_figures(outcomes, len(records), cpu_of="consumer and announcer")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import socketserver
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -24,7 +25,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 from fhir.resources.R4B.bundle import Bundle
-from pymongo import AsyncMongoClient, MongoClient
+from pymongo import AsyncMongoClient, MongoClient, monitoring
 from typer.testing import CliRunner
 
 from emage_audit.adapters.mongo import MongoAuditStore
@@ -317,6 +318,20 @@ async def test_every_domain_event_is_appended_exactly_once(audit_url: str, publi
     assert (await asyncio.to_thread(verify, audit_url))["valid"] is True
 
 
+async def test_a_bulk_import_is_appended_whole_and_once(audit_url: str, publisher: EventPublisher) -> None:
+    """Hundreds of events published at once (a bulk import), some twice: the consumer appends them in batches
+    (a poll's records of a partition in one transaction), every one once, in one verifiable chain."""
+    patient = new_patient()
+    events = [stored(patient) for _ in range(300)] + [access(patient) for _ in range(20)]
+    await asyncio.gather(*(publish(publisher, event) for event in events + events[::7]))
+    records = await asyncio.to_thread(records_of, audit_url, patient, len(events))
+    await asyncio.sleep(2)  # time for a duplicate to show, were there one
+    records = await asyncio.to_thread(records_of, audit_url, patient, len(events))
+    assert sorted(r["event_id"] for r in records) == sorted(e.id for e in events)
+    assert len({r["seq"] for r in records}) == len(events)
+    assert (await asyncio.to_thread(verify, audit_url))["valid"] is True
+
+
 async def test_a_patient_reads_who_saw_their_exam(audit_url: str, publisher: EventPublisher) -> None:
     patient = new_patient()
     justification = "Patient inconscient aux urgences, scanner antérieur nécessaire."
@@ -416,15 +431,23 @@ def test_checkpoints_are_signed_and_verified(audit_url: str) -> None:
     assert {c["key_id"] for c in listed["checkpoints"]} <= set(listed["public_keys"])
 
 
-async def test_concurrent_writers_never_fork_the_chain(mongo_uri: str) -> None:
-    """Two service instances (two clients) appending at once: one gapless chain, each event once."""
+@contextlib.asynccontextmanager
+async def trail_instances(
+    mongo_uri: str, count: int, listener: monitoring.CommandListener | None = None
+) -> AsyncIterator[list[AuditService]]:
+    """``count`` audit service instances (each its own MongoDB client, watched by ``listener``) on a fresh
+    trail, dropped at the end."""
     database_name = f"audit_it_{uuid.uuid4().hex[:8]}"
-    clients = [AsyncMongoClient[dict[str, Any]](mongo_uri, tz_aware=True) for _ in range(2)]
+    listeners = [] if listener is None else [listener]
+    clients = [
+        AsyncMongoClient[dict[str, Any]](mongo_uri, tz_aware=True, event_listeners=listeners)
+        for _ in range(count)
+    ]
     try:
         stores = [MongoAuditStore(client, client[database_name]) for client in clients]
         await stores[0].ensure_indexes()
         signer = CheckpointSigner.from_base64_seed(DEV_ONLY_CHECKPOINT_SIGNING_KEY)
-        services = [
+        yield [
             AuditService(
                 store=store,
                 signer=signer,
@@ -434,6 +457,15 @@ async def test_concurrent_writers_never_fork_the_chain(mongo_uri: str) -> None:
             )
             for store in stores
         ]
+    finally:
+        await clients[0].drop_database(database_name)
+        for client in clients:
+            await client.close()
+
+
+async def test_concurrent_writers_never_fork_the_chain(mongo_uri: str) -> None:
+    """Two service instances (two clients) appending at once: one gapless chain, each event once."""
+    async with trail_instances(mongo_uri, 2) as services:
         patient = new_patient()
         shared = access(patient)
         events = [access(patient) for _ in range(40)]
@@ -443,17 +475,83 @@ async def test_concurrent_writers_never_fork_the_chain(mongo_uri: str) -> None:
             services[1].record_event(shared),
         )
         assert sum(1 for r in results[-2:] if r.created) == 1
-        head = await stores[0].head()
+        head = await services[0].store.head()
         assert head.seq == 41
         seqs = sorted([r.record.seq for r in results[:-2]] + [results[-2].record.seq])
         assert seqs == list(range(1, 42))
         report = await services[1].verify()
         assert report.valid, report.broken
         assert report.records_checked == 41
-    finally:
-        await clients[0].drop_database(database_name)
-        for client in clients:
-            await client.close()
+
+
+async def test_concurrent_batches_never_fork_the_chain(mongo_uri: str) -> None:
+    """Two instances appending batches at once, some events in both: one gapless chain, each event once."""
+    async with trail_instances(mongo_uri, 2) as services:
+        patient = new_patient()
+        events = [access(patient) for _ in range(60)]
+        # Writer 0 takes events 0-39, writer 1 events 20-59, ten at a time, all at once.
+        batches = [(0, events[i : i + 10]) for i in range(0, 40, 10)]
+        batches += [(1, events[i : i + 10]) for i in range(20, 60, 10)]
+        results = await asyncio.gather(*(services[w].record_events(batch) for w, batch in batches))
+        created = [a for appended in results for a in appended if a.created]
+        assert sorted(a.record.event_id for a in created) == sorted(e.id for e in events)
+        assert sorted(a.record.seq for a in created) == list(range(1, 61))
+        assert (await services[0].store.head()).seq == 60
+        report = await services[1].verify()
+        assert report.valid, report.broken
+        assert report.records_checked == 60
+
+
+async def test_a_batch_is_one_transaction_with_its_alerts_and_exam(mongo_uri: str) -> None:
+    """A poll's events in one transaction: one insert of the records, one move of the head; the
+    break-the-glass episode and the exam folded in as one by one would."""
+    commands: list[str] = []
+
+    class Listener(monitoring.CommandListener):
+        def started(self, event: monitoring.CommandStartedEvent) -> None:
+            commands.append(event.command_name)
+
+        def succeeded(self, event: monitoring.CommandSucceededEvent) -> None: ...
+
+        def failed(self, event: monitoring.CommandFailedEvent) -> None: ...
+
+    async with trail_instances(mongo_uri, 1, Listener()) as (service,):
+        patient = new_patient()
+        earlier = access(patient)
+        await service.record_event(earlier)
+        glass = {"basis": "break_glass", "justification": "Polytraumatisé, scanner antérieur nécessaire."}
+        image = stored(patient)
+        batch = [
+            image,
+            access(patient, action="break_glass", **glass),
+            earlier,  # already in the trail
+            access(patient, action="retrieve", **glass),
+            image,  # twice in the batch
+        ]
+        commands.clear()
+        appended = await service.record_events(batch)
+        batch_commands = Counter(commands)
+        assert [(a.record.seq, a.created) for a in appended] == [
+            (2, True),
+            (3, True),
+            (1, False),
+            (4, True),
+            (2, False),
+        ]
+        assert len({a.record.recorded_at for a in appended if a.created}) == 1
+        # One read of the known event ids, one of the head, one insert, one head update, one bulk write each
+        # for the alerts and the exams: whatever the batch's size.
+        assert batch_commands == Counter({"find": 2, "insert": 1, "update": 3, "commitTransaction": 1}), (
+            batch_commands
+        )
+        store = service.store
+        _, alerts = await store.alerts((patient.patient_key,), offset=0, limit=10)
+        assert [(a.first_seq, a.last_seq, a.records) for a in alerts] == [(3, 4, 2)]
+        exams = await store.exams([STUDY])
+        assert exams[STUDY].modality == "CT"
+        report = await service.verify()
+        assert report.valid, report.broken
+        assert report.records_checked == 4
 
 
 # --- The DICOM audit message export ------------------------------------------------------------------------

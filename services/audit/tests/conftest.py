@@ -17,11 +17,11 @@ from fastapi.testclient import TestClient
 
 from emage_audit.api import router
 from emage_audit.domain.atna import AuditSource
-from emage_audit.domain.chain import EMPTY_HEAD, ChainEntry, ChainHead, ChainRecord, append_to
+from emage_audit.domain.chain import EMPTY_HEAD, ChainHead, ChainRecord, append_to
 from emage_audit.domain.checkpoints import Checkpoint, CheckpointSigner, TrustedKeys
-from emage_audit.domain.entries import AlertSighting, ExamFacts, index_fields
+from emage_audit.domain.entries import ExamFacts, index_fields
 from emage_audit.domain.verification import StoredRecord
-from emage_audit.service import Alert, Appended, AuditService, RecordQuery
+from emage_audit.service import Alert, Appendable, Appended, AuditService, RecordQuery
 from emage_audit.settings import DEV_ONLY_CHECKPOINT_SIGNING_KEY, Settings
 from emage_common.access_contract import PRINCIPAL_HEADER, ForwardedPrincipal
 from emage_common.events import (
@@ -165,9 +165,11 @@ class MemoryAuditStore:
         self.exam_facts: dict[str, ExamFacts] = {}
         self.exports: dict[str, dict[str, Any]] = {}
 
-    async def append(
-        self, entry: ChainEntry, *, alert: AlertSighting | None, exam: ExamFacts | None, now: datetime
-    ) -> Appended:
+    async def append(self, items: Sequence[Appendable], *, now: datetime) -> list[Appended]:
+        return [self._append_one(item, now) for item in items]
+
+    def _append_one(self, item: Appendable, now: datetime) -> Appended:
+        entry, alert, exam = item.entry, item.alert, item.exam
         for stored in self.documents.values():
             if stored.record.event_id == entry.event_id:
                 return Appended(stored.record, created=False)

@@ -6,8 +6,11 @@ from datetime import timedelta
 from types import ModuleType
 from typing import Any
 
+import pytest
+
 from emage_audit.domain.verification import BreakReason
 from emage_audit.service import AuditService, RecordQuery
+from emage_common.events import Acquisition, EventDecodingError, make_event
 
 
 async def test_an_event_is_appended_once_however_often_it_is_delivered(
@@ -21,6 +24,56 @@ async def test_an_event_is_appended_once_however_often_it_is_delivered(
     assert again.record == first.record
     assert len(store.documents) == 1
     assert service.appended.is_set()
+
+
+async def test_a_batch_is_appended_in_order_each_event_once(
+    service: AuditService, store: Any, audit: ModuleType
+) -> None:
+    earlier = audit.access_event()
+    await service.record_event(earlier)
+    stored, decided = audit.instance_event(), audit.access_event(action="rendered")
+    appended = await service.record_events([stored, earlier, decided, stored])
+    assert [(a.record.seq, a.created) for a in appended] == [(2, True), (1, False), (3, True), (2, False)]
+    assert [a.record.event_id for a in appended] == [stored.id, earlier.id, decided.id, stored.id]
+    assert appended[2].record.prev_hash == appended[0].record.hash
+    assert len(store.documents) == 3
+    assert store.exam_facts[audit.STUDY_1].modality == "CT"
+    report = await service.verify()
+    assert report.valid
+    assert report.records_checked == 3
+
+
+async def test_a_batch_holding_an_event_the_trail_does_not_keep_appends_nothing(
+    service: AuditService, store: Any, audit: ModuleType
+) -> None:
+    not_audited = make_event(
+        Acquisition.model_validate(
+            {
+                "facility_finess": audit.CHU_ALPHA,
+                "accession_number": "ACC-1",
+                "patient": audit.PATIENT_1.model_dump(),
+                "source": {"kind": "dicomweb", "base_url": "https://pacs.example.org/dicom-web"},
+            }
+        ),
+        "/hospital",
+    )
+    with pytest.raises(EventDecodingError):
+        await service.record_events([audit.access_event(), not_audited])
+    assert store.documents == {}
+    assert not service.appended.is_set()
+
+
+async def test_a_batch_crossing_a_multiple_of_the_checkpoint_period_calls_for_one(
+    store: Any, clock: Any, audit: ModuleType
+) -> None:
+    service = audit.build_service(store, clock, checkpoint_every_records=5)
+    await service.record_events([audit.access_event() for _ in range(4)])
+    assert not service.checkpoint_due.is_set()
+    await service.record_events([audit.access_event() for _ in range(3)])  # seq 5 to 7
+    assert service.checkpoint_due.is_set()
+    service.checkpoint_due.clear()
+    await service.record_events([audit.access_event() for _ in range(2)])  # 8, 9
+    assert not service.checkpoint_due.is_set()
 
 
 async def test_append_times_never_go_back(service: AuditService, clock: Any, audit: ModuleType) -> None:
@@ -158,14 +211,20 @@ async def test_searches_filter_and_page(service: AuditService, audit: ModuleType
     assert total == 0
 
 
-async def test_break_the_glass_alerts_gather_an_episode(service: AuditService, audit: ModuleType) -> None:
-    for action in ("break_glass", "retrieve", "rendered"):
-        await service.record_event(
-            audit.access_event(
-                audit.RADIOLOGIST_B, action=action, basis="break_glass", justification=audit.JUSTIFICATION
-            )
+@pytest.mark.parametrize("batched", [False, True], ids=["one by one", "one batch"])
+async def test_break_the_glass_alerts_gather_an_episode(
+    service: AuditService, audit: ModuleType, batched: bool
+) -> None:
+    events = [
+        audit.access_event(
+            audit.RADIOLOGIST_B, action=action, basis="break_glass", justification=audit.JUSTIFICATION
         )
-    await service.record_event(audit.instance_event())
+        for action in ("break_glass", "retrieve", "rendered")
+    ] + [audit.instance_event()]
+    if batched:
+        await service.record_events(events)
+    for event in events:
+        await service.record_event(event)  # once batched: redeliveries, which change nothing
     total, alerts = await service.alerts((audit.PATIENT_1.patient_key,), lang="fr", offset=0, limit=10)
     assert total == 1
     alert, text = alerts[0]

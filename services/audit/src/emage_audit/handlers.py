@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from typing import Final
 
 from fastapi import FastAPI
 
@@ -25,7 +26,15 @@ from emage_audit.export import SYSLOG_EXPORT, SyslogExporter, tls_context
 from emage_audit.service import AuditService
 from emage_audit.settings import DEV_ONLY_CHECKPOINT_SIGNING_KEY, Settings
 from emage_common.events import CloudEvent
-from emage_common.kafka import ConsumerRecordMeta, ConsumerRunner, EventHandler
+from emage_common.kafka import (
+    BatchEventHandler,
+    ConsumerPort,
+    ConsumerRecordMeta,
+    ConsumerRunner,
+    EventHandler,
+    EventPublisher,
+    build_kafka_config,
+)
 from emage_common.runtime import ServiceLifespan, ServiceRuntime
 
 logger = logging.getLogger(__name__)
@@ -38,6 +47,46 @@ def domain_event_handler(service: AuditService) -> EventHandler:
         await service.record_event(event)
 
     return on_domain_event
+
+
+def domain_events_handler(service: AuditService) -> BatchEventHandler:
+    """The batch handler of the audited topics: a poll's records of one partition appended together, in one
+    transaction (the runner hands them to :func:`domain_event_handler` one by one if that fails)."""
+
+    async def on_domain_events(batch: Sequence[tuple[CloudEvent, ConsumerRecordMeta]]) -> None:
+        await service.record_events([event for event, _meta in batch])
+
+    return on_domain_events
+
+
+AUDITED_MAX_RECORDS: Final = 500
+"""Records of the audited topics fetched by one poll, for all partitions: a bulk import's ``instance.stored``
+events are appended hundreds a transaction; a gateway's decisions, the few a poll brings."""
+
+
+def domain_consumer(
+    settings: Settings,
+    service: AuditService,
+    *,
+    dlq_publisher: EventPublisher,
+    consumer: ConsumerPort | None = None,
+) -> ConsumerRunner:
+    """The consumer of the audited topics (group ``settings.consumer_group``): each poll's records of a
+    partition appended together (:func:`domain_events_handler`), one by one if that fails.
+
+    ``consumer`` replaces the Kafka client (the benchmark of the consumer feeds it records from memory).
+    """
+    return ConsumerRunner(
+        build_kafka_config(settings),
+        topics=AUDITED_TOPICS,
+        group_id=settings.consumer_group,
+        handler=domain_event_handler(service),
+        batch_handler=domain_events_handler(service),
+        dlq_publisher=dlq_publisher,
+        max_attempts=settings.kafka_max_handler_attempts,
+        max_records=AUDITED_MAX_RECORDS,
+        consumer=consumer,
+    )
 
 
 async def sign_checkpoints(service: AuditService, interval: timedelta) -> None:
@@ -79,13 +128,7 @@ def audit_lifespan(settings: Settings) -> ServiceLifespan:
         service = build_service(settings, store)
         app.state.audit = service
         app.state.settings = settings
-        consumer = ConsumerRunner.from_settings(
-            settings,
-            topics=AUDITED_TOPICS,
-            group_id=settings.consumer_group,
-            handler=domain_event_handler(service),
-            dlq_publisher=runtime.publisher,
-        )
+        consumer = domain_consumer(settings, service, dlq_publisher=runtime.publisher)
         await consumer.start()
         runtime.watch_consumer(consumer)
         tasks = [

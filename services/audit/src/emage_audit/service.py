@@ -39,6 +39,19 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
+class Appendable:
+    """An entry to append, with what it adds to a break-the-glass alert and tells of its exam."""
+
+    entry: ChainEntry
+    alert: AlertSighting | None
+    exam: ExamFacts | None
+
+    @classmethod
+    def of(cls, entry: ChainEntry) -> Appendable:
+        return cls(entry, alert_sighting(entry), exam_facts(entry))
+
+
+@dataclass(frozen=True, slots=True)
 class Appended:
     record: ChainRecord
     created: bool
@@ -92,9 +105,10 @@ class PurgeResult:
 class AuditStore(Protocol):
     """Where the chain, its checkpoints, alerts, exam names and export cursors are kept."""
 
-    async def append(
-        self, entry: ChainEntry, *, alert: AlertSighting | None, exam: ExamFacts | None, now: datetime
-    ) -> Appended: ...
+    async def append(self, items: Sequence[Appendable], *, now: datetime) -> list[Appended]:
+        """Append ``items`` in order, all or none: each after the previous one, except those whose event is
+        already in the trail (in it before, or earlier in ``items``), which append nothing."""
+        ...
 
     async def head(self) -> ChainHead: ...
 
@@ -147,15 +161,23 @@ class AuditService:
 
     async def record_event(self, event: CloudEvent) -> Appended:
         """Append a domain event once, with its break-the-glass alert and what it tells of its exam."""
-        return await self._append(entry_of(event))
+        return (await self.record_events([event]))[0]
 
-    async def _append(self, entry: ChainEntry) -> Appended:
-        appended = await self.store.append(
-            entry, alert=alert_sighting(entry), exam=exam_facts(entry), now=self.clock()
-        )
-        if appended.created:
+    async def record_events(self, events: Sequence[CloudEvent]) -> list[Appended]:
+        """Append domain events in order, all or none, each once (a bulk import's trail is written a batch at
+        a time: one transaction and one extension of the chain, not one per event).
+
+        Raises :class:`~emage_common.events.EventDecodingError`, appending nothing, if one is not an event
+        the trail keeps."""
+        return await self._append([entry_of(event) for event in events])
+
+    async def _append(self, entries: Sequence[ChainEntry]) -> list[Appended]:
+        appended = await self.store.append([Appendable.of(entry) for entry in entries], now=self.clock())
+        created = [a.record.seq for a in appended if a.created]
+        if created:
             self.appended.set()
-            if appended.record.seq % self.checkpoint_every_records == 0:
+            every = self.checkpoint_every_records
+            if created[-1] // every > (created[0] - 1) // every:  # a multiple of it was reached in this batch
                 self.checkpoint_due.set()
         return appended
 
@@ -214,7 +236,7 @@ class AuditService:
             retention_days=self.retention.days,
             requested_by=requested_by,
         )
-        appended = await self._append(entry)
+        (appended,) = await self._append([entry])
         deleted = await self.store.delete_through(anchor.seq)
         logger.warning("audit trail purged through seq %d (%d records)", anchor.seq, deleted)
         return PurgeResult(through_seq=anchor.seq, records_purged=count, record=appended.record)

@@ -12,9 +12,10 @@ Collections:
 * ``exams`` — what archived instances told of their exams (modality, date, description), ``_id`` the study.
 * ``exports`` — per export, the last exported sequence number and the instance holding the export lease.
 
-Appending is one transaction: look the event id up (a redelivery appends nothing), read the head, insert the
-record with the next sequence number, move the head on only if it is still where it was read (optimistic
-concurrency), and fold in the alert and exam facts. Two writers that read the same head conflict on the head
+Appending a batch of entries is one transaction: look their event ids up (a redelivery appends nothing), read
+the head, insert the new records with the next sequence numbers, move the head on only if it is still where it
+was read (optimistic concurrency), and fold in the alert and exam facts: a bulk import's events cost one
+transaction a poll, not one each. Two writers that read the same head conflict on the head
 document (and on the record's ``_id``); MongoDB aborts one with a transient error and the transaction is run
 again against the new head, so the chain never forks. Within one process appends are also serialised, so
 concurrent partitions do not conflict needlessly.
@@ -29,17 +30,17 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 import pymongo
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReturnDocument, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from emage_audit.domain.chain import EMPTY_HEAD, GENESIS_HASH, ChainEntry, ChainHead, ChainRecord, append_to
+from emage_audit.domain.chain import EMPTY_HEAD, GENESIS_HASH, ChainHead, ChainRecord, append_to
 from emage_audit.domain.checkpoints import Checkpoint
 from emage_audit.domain.entries import AlertSighting, ExamFacts, index_fields
 from emage_audit.domain.verification import StoredRecord
-from emage_audit.service import Alert, Appended, RecordQuery
+from emage_audit.service import Alert, Appendable, Appended, RecordQuery
 from emage_common.events import format_rfc3339, parse_rfc3339
 from emage_common.mongo import in_transaction
 
@@ -120,6 +121,36 @@ def _alert(document: Mapping[str, Any]) -> Alert:
     )
 
 
+def _alert_update(alert: AlertSighting, seq: int) -> UpdateOne:
+    """Open the break-the-glass episode at record ``seq``, or add the record to it."""
+    return UpdateOne(
+        {"_id": alert.alert_id},
+        {
+            "$setOnInsert": {
+                "patient_key": alert.patient_key,
+                "study_instance_uid": alert.study_instance_uid,
+                "principal": dict(alert.principal),
+                "justification": alert.justification,
+                "first_at": alert.at,
+                "first_seq": seq,
+            },
+            "$max": {"last_at": alert.at, "last_seq": seq},
+            "$inc": {"records": 1},
+        },
+        upsert=True,
+    )
+
+
+def _exam_update(exam: ExamFacts) -> UpdateOne:
+    """Note what an archived instance told of its exam."""
+    facts = {"modality": exam.modality}
+    if exam.study_date is not None:
+        facts["study_date"] = exam.study_date
+    if exam.study_description is not None:
+        facts["study_description"] = exam.study_description
+    return UpdateOne({"_id": exam.study_instance_uid}, {"$set": facts}, upsert=True)
+
+
 def record_filter(query: RecordQuery) -> Document:
     """The MongoDB filter of a search on the query fields (``ix``)."""
     clauses: list[Document] = []
@@ -175,33 +206,55 @@ class MongoAuditStore:
 
     # --- Appending ----------------------------------------------------------------------------------------
 
-    async def append(
-        self, entry: ChainEntry, *, alert: AlertSighting | None, exam: ExamFacts | None, now: datetime
-    ) -> Appended:
-        async def transaction(session: AsyncClientSession) -> Appended:
-            existing = await self._records.find_one({"event_id": entry.event_id}, session=session)
-            if existing is not None:
-                return Appended(_record(existing), created=False)
-            head = await self._head(session)
+    async def append(self, items: Sequence[Appendable], *, now: datetime) -> list[Appended]:
+        async def transaction(session: AsyncClientSession) -> list[Appended]:
+            event_ids = list({item.entry.event_id for item in items})
+            known: dict[str, ChainRecord] = {
+                document["event_id"]: _record(document)
+                async for document in self._records.find({"event_id": {"$in": event_ids}}, session=session)
+            }
+            start = head = await self._head(session)
             recorded = now
             if head.recorded_at is not None:
                 # Append times never go back, even if this machine's clock does: retention relies on them.
                 recorded = max(now, parse_rfc3339(head.recorded_at))
-            record = append_to(head, entry, recorded_at=format_rfc3339(recorded))
-            await self._records.insert_one(_record_document(record), session=session)
+            recorded_at = format_rfc3339(recorded)
+            results: list[Appended] = []
+            documents: list[Document] = []
+            alerts: list[UpdateOne] = []
+            exams: list[UpdateOne] = []
+            for item in items:
+                if (existing := known.get(item.entry.event_id)) is not None:
+                    results.append(Appended(existing, created=False))
+                    continue
+                record = append_to(head, item.entry, recorded_at=recorded_at)
+                head = ChainHead(seq=record.seq, hash=record.hash, recorded_at=record.recorded_at)
+                known[record.event_id] = record
+                results.append(Appended(record, created=True))
+                documents.append(_record_document(record))
+                if item.alert is not None:
+                    alerts.append(_alert_update(item.alert, record.seq))
+                if item.exam is not None:
+                    exams.append(_exam_update(item.exam))
+            if not documents:
+                return results
+            await self._records.insert_many(documents, session=session)
             moved = await self._chain.update_one(
-                {"_id": HEAD, "seq": head.seq, "hash": head.hash},
-                {"$set": {"seq": record.seq, "hash": record.hash, "recorded_at": record.recorded_at}},
+                {"_id": HEAD, "seq": start.seq, "hash": start.hash},
+                {"$set": {"seq": head.seq, "hash": head.hash, "recorded_at": head.recorded_at}},
                 session=session,
             )
             if moved.matched_count != 1:
-                raise ChainHeadMovedError(f"the chain head moved from {head.seq} while appending")
-            if alert is not None:
-                await self._fold_alert(alert, record.seq, session)
-            if exam is not None:
-                await self._note_exam(exam, session)
-            return Appended(record, created=True)
+                raise ChainHeadMovedError(f"the chain head moved from {start.seq} while appending")
+            # In order: an episode's first sighting in the batch opens it, the later ones add to it.
+            if alerts:
+                await self._alerts.bulk_write(alerts, session=session)
+            if exams:
+                await self._exams.bulk_write(exams, session=session)
+            return results
 
+        if not items:
+            return []
         async with self._append_lock:
             for attempt in range(5):
                 try:
@@ -218,35 +271,6 @@ class MongoAuditStore:
         if document is None:
             return EMPTY_HEAD
         return ChainHead(seq=document["seq"], hash=document["hash"], recorded_at=document.get("recorded_at"))
-
-    async def _fold_alert(self, alert: AlertSighting, seq: int, session: AsyncClientSession) -> None:
-        await self._alerts.update_one(
-            {"_id": alert.alert_id},
-            {
-                "$setOnInsert": {
-                    "patient_key": alert.patient_key,
-                    "study_instance_uid": alert.study_instance_uid,
-                    "principal": dict(alert.principal),
-                    "justification": alert.justification,
-                    "first_at": alert.at,
-                    "first_seq": seq,
-                },
-                "$max": {"last_at": alert.at, "last_seq": seq},
-                "$inc": {"records": 1},
-            },
-            upsert=True,
-            session=session,
-        )
-
-    async def _note_exam(self, exam: ExamFacts, session: AsyncClientSession) -> None:
-        facts = {"modality": exam.modality}
-        if exam.study_date is not None:
-            facts["study_date"] = exam.study_date
-        if exam.study_description is not None:
-            facts["study_description"] = exam.study_description
-        await self._exams.update_one(
-            {"_id": exam.study_instance_uid}, {"$set": facts}, upsert=True, session=session
-        )
 
     # --- Chain and checkpoints ----------------------------------------------------------------------------
 
