@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import tempfile
@@ -21,6 +22,7 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import generate_uid
 
 from emage_common.web import create_service_app
+from emage_ingest import retrieve
 from emage_ingest.domain.instance import read_instance_header
 from emage_ingest.domain.keys import instance_object_key
 from emage_ingest.domain.model import ArchivedInstance
@@ -97,11 +99,20 @@ class MemoryArchive:
     def __init__(self) -> None:
         self.objects: dict[str, bytes] = {}
         self.range_reads: list[tuple[int, int]] = []
+        self.reading = 0
+        """Objects being read at this moment."""
+        self.most_read_at_once = 0
 
     async def stream(self, record: ArchivedInstance, chunk_size: int = 1000) -> AsyncIterator[bytes]:
         data = self.objects[record.object_key]
-        for start in range(0, len(data), chunk_size):
-            yield data[start : start + chunk_size]
+        self.reading += 1
+        self.most_read_at_once = max(self.most_read_at_once, self.reading)
+        try:
+            for start in range(0, len(data), chunk_size):
+                await asyncio.sleep(0.001)  # an S3 GET's round trip, for reads ahead to overlap
+                yield data[start : start + chunk_size]
+        finally:
+            self.reading -= 1
 
     async def read_range(self, record: ArchivedInstance, start: int, end: int) -> bytes:
         self.range_reads.append((start, end))
@@ -272,6 +283,28 @@ def test_study_is_streamed_as_stored_one_part_per_instance(wado: Archive) -> Non
         f"application/dicom; transfer-syntax={IMPLICIT_LE}"
     }
     assert 'type="application/dicom"' in response.headers["content-type"]
+
+
+def test_a_study_is_read_ahead_a_few_instances_at_once_and_sent_in_order(wado: Archive) -> None:
+    sent = ct_series(12)
+    records = [wado.store(data) for data in sent]
+    response = wado.client.get(path_of(records[0], level="study"))
+    parts = multipart_parts(response.headers["content-type"], response.content)
+    assert [content for _, content in parts] == sent
+    assert 1 < wado.archive.most_read_at_once <= 1 + retrieve.READ_AHEAD_INSTANCES
+    assert wado.archive.reading == 0
+
+
+def test_instances_too_large_to_hold_are_streamed_one_at_a_time(
+    wado: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(retrieve, "READ_AHEAD_MAX_BYTES", 1000)
+    sent = ct_series(6)
+    records = [wado.store(data) for data in sent]
+    response = wado.client.get(path_of(records[0], level="series"))
+    parts = multipart_parts(response.headers["content-type"], response.content)
+    assert sorted(content for _, content in parts) == sorted(sent)
+    assert wado.archive.most_read_at_once == 1
 
 
 def test_series_and_instance_retrieve(wado: Archive) -> None:

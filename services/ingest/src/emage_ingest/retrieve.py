@@ -30,7 +30,7 @@ import logging
 import re
 import secrets
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from functools import partial
 from typing import Annotated, Final
 
@@ -100,6 +100,12 @@ MAX_DECOMPRESSED_BYTES: Final = 1 << 30
 VIDEO_READ_BYTES: Final = 2 << 20
 """Bytes of a video read from the archive at a time while streaming a range."""
 _SPOOL_IN_MEMORY_BYTES: Final = 8 << 20
+READ_AHEAD_INSTANCES: Final = 4
+"""Instances of a series or study retrieval fetched ahead of the one being sent, at most: the S3 store serves
+several GETs at once much faster than one after the other (docs/performance.md, WADO-RS)."""
+READ_AHEAD_MAX_BYTES: Final = 4 << 20
+"""Instances sent as stored up to this size are fetched ahead whole (a retrieval holds at most
+``READ_AHEAD_INSTANCES`` of them in memory); larger ones are streamed when their turn comes."""
 _MAX_TOP_LEVEL_BOXES: Final = 64
 _MAX_REMEMBERED_VIDEOS: Final = 4096
 _VIDEO_LENGTHS: dict[str, int] = {}
@@ -229,6 +235,30 @@ async def _pipelined(producers: Sequence[Callable[[], Awaitable[bytes]]]) -> Asy
 PartContent = bytes | AsyncIterator[bytes]
 
 
+async def _read_whole(chunks: AsyncIterator[bytes]) -> bytes:
+    return b"".join([chunk async for chunk in chunks])
+
+
+async def _read_ahead(
+    sources: Sequence[tuple[Callable[[], AsyncIterator[bytes]], bool]], window: int
+) -> AsyncGenerator[PartContent, None]:
+    """The content of each source, in order. A source marked small is read whole, up to ``window`` of them
+    at once ahead of the one being sent; the others are streamed when their turn comes (the small ones after
+    them are read meanwhile)."""
+    ahead: dict[int, asyncio.Task[bytes]] = {}
+    try:
+        for index, (open_source, small) in enumerate(sources):
+            for later in range(index, min(index + window, len(sources))):
+                later_source, later_small = sources[later]
+                if later_small and later not in ahead:
+                    ahead[later] = asyncio.create_task(_read_whole(later_source()))
+            yield await ahead.pop(index) if small else open_source()
+    finally:
+        for task in ahead.values():
+            task.cancel()
+        await asyncio.gather(*ahead.values(), return_exceptions=True)
+
+
 def _multipart(parts: AsyncIterator[tuple[str, PartContent]], part_media_type: str) -> StreamingResponse:
     """A ``multipart/related`` response (RFC 2387) of ``parts``, each a content type and its bytes (whole or
     as chunks), produced only as the client reads; the boundary is random for every response."""
@@ -311,10 +341,25 @@ async def _retrieve_instances(
         syntax = wanted or records[0].transfer_syntax_uid
         return StreamingResponse(first, media_type=f"{APPLICATION_DICOM}; transfer-syntax={syntax}")
 
+    def media_type(record: ArchivedInstance) -> str:
+        return f"{APPLICATION_DICOM}; transfer-syntax={wanted or record.transfer_syntax_uid}"
+
     async def parts() -> AsyncIterator[tuple[str, PartContent]]:
-        for index, record in enumerate(records):
-            content = first if index == 0 else _instance_bytes(components, record, wanted)
-            yield f"{APPLICATION_DICOM}; transfer-syntax={wanted or record.transfer_syntax_uid}", content
+        # The first instance is already being streamed (primed); the next are read ahead while it is sent.
+        sources: list[tuple[Callable[[], AsyncIterator[bytes]], bool]] = [(lambda: first, False)]
+        sources += [
+            (
+                partial(_instance_bytes, components, record, wanted),
+                wanted in (None, record.transfer_syntax_uid) and record.size_bytes <= READ_AHEAD_MAX_BYTES,
+            )
+            for record in records[1:]
+        ]
+        contents = _read_ahead(sources, READ_AHEAD_INSTANCES + 1)
+        try:
+            for record in records:
+                yield media_type(record), await anext(contents)
+        finally:
+            await contents.aclose()
 
     return _multipart(parts(), APPLICATION_DICOM)
 
