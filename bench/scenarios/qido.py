@@ -42,6 +42,7 @@ from pymongo import MongoClient
 
 from bench.data import (
     CATALOG_DAYS,
+    CATALOG_FACILITY,
     CATALOG_FIRST_DAY,
     CatalogStudy,
     catalog_instances,
@@ -52,12 +53,16 @@ from bench.dicomweb import DICOM_JSON, BenchRequestError, client, query_url
 from bench.environment import Endpoint, interleaved, log
 from bench.results import EMAGE, ORTHANC, Better
 from bench.run import Run
+from emage_common.access_contract import SEARCH_SCOPE_HEADER, WireScopeClause, WireSearchScope
 
 SCENARIO = "qido"
 USER = "radiologist-a"
 WARMUP = 3
 EXPECTED_DATE_RANGE_MATCHES = 50
 CATALOG_DIRECT = "e-mage catalog, no gateway (diagnostic)"
+USER_SCOPE = WireSearchScope(clauses=(WireScopeClause(facility_finess=CATALOG_FACILITY),)).encode()
+"""The search scope the gateway sends for ``USER`` (a radiologist of CHU Alpha, no share, no emergency
+access): the diagnostic row asks the catalog the same query, so the difference is the gateway's alone."""
 ORTHANC_ZIP_INSTANCES = 500
 """Instances per ZIP archive posted to Orthanc's ``POST /instances`` (one HTTP request per archive)."""
 STALL_S = 300.0
@@ -320,7 +325,9 @@ def _search(context: Run, plan: Sequence[CatalogStudy]) -> None:
     endpoints = {
         EMAGE: systems.emage(USER),
         ORTHANC: systems.orthanc_web(),
-        CATALOG_DIRECT: Endpoint(CATALOG_DIRECT, systems.stack.service_url("catalog")),
+        CATALOG_DIRECT: Endpoint(
+            CATALOG_DIRECT, systems.stack.service_url("catalog"), fixed={SEARCH_SCOPE_HEADER: USER_SCOPE}
+        ),
     }
     mismatches: dict[str, int] = {}
     totals: set[str] = set()
@@ -373,9 +380,9 @@ def _search(context: Run, plan: Sequence[CatalogStudy]) -> None:
     results.note(SCENARIO, "Orthanc's DICOMweb plugin returns no total count: its page is the page alone.")
     results.note(
         SCENARIO,
-        "The diagnostic row searches the catalog's internal port (no gateway, no token, no scope): the "
-        "difference to e-mage's row is the gateway's share (token, policy, audit event, proxying) and the "
-        "scope's.",
+        "The diagnostic row searches the catalog's internal port with the search scope the gateway sends for "
+        f"{USER} (CHU Alpha's studies), without gateway or token: the difference to e-mage's row is the "
+        "gateway's share (token, policy, audit event, proxying).",
     )
 
 
