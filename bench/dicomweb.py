@@ -18,7 +18,6 @@ from bench.environment import Endpoint
 DICOM_JSON = "application/dicom+json"
 WHOLE_STUDY_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 FRAME_ACCEPT = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
-READ_CHUNK = 1024 * 1024
 
 _FAILED_SOP_SEQUENCE = "00081198"
 _REFERENCED_SOP_SEQUENCE = "00081199"
@@ -93,7 +92,8 @@ def retrieve(http: httpx.Client, endpoint: Endpoint, path: str, accept: str) -> 
             raise BenchRequestError(
                 f"{endpoint.system} GET {path} answered {response.status_code}: {response.content[:200]!r}"
             )
-        for block in response.iter_raw(READ_CHUNK):
+        # Blocks as they arrive (a chunk size would make the first one wait for that many bytes).
+        for block in response.iter_raw():
             if first is None and block:
                 first = time.perf_counter() - started
             size += len(block)
