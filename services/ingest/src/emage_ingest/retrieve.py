@@ -345,18 +345,19 @@ async def _retrieve_instances(
         return f"{APPLICATION_DICOM}; transfer-syntax={wanted or record.transfer_syntax_uid}"
 
     async def parts() -> AsyncIterator[tuple[str, PartContent]]:
-        # The first instance is already being streamed (primed); the next are read ahead while it is sent.
-        sources: list[tuple[Callable[[], AsyncIterator[bytes]], bool]] = [(lambda: first, False)]
-        sources += [
+        yield media_type(records[0]), first
+        # Read ahead only once the first instance is sent: its first bytes do not wait behind other reads.
+        rest = records[1:]
+        sources = [
             (
                 partial(_instance_bytes, components, record, wanted),
                 wanted in (None, record.transfer_syntax_uid) and record.size_bytes <= READ_AHEAD_MAX_BYTES,
             )
-            for record in records[1:]
+            for record in rest
         ]
-        contents = _read_ahead(sources, READ_AHEAD_INSTANCES + 1)
+        contents = _read_ahead(sources, READ_AHEAD_INSTANCES)
         try:
-            for record in records:
+            for record in rest:
                 yield media_type(record), await anext(contents)
         finally:
             await contents.aclose()
