@@ -30,6 +30,7 @@ import logging
 import re
 import secrets
 import tempfile
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from functools import partial
 from typing import Annotated, Final
@@ -217,46 +218,30 @@ async def _primed(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     return replay()
 
 
-async def _pipelined(producers: Sequence[Callable[[], Awaitable[bytes]]]) -> AsyncIterator[bytes]:
-    """The results of ``producers`` in order, each next one already running while the current is sent."""
-    if not producers:
-        return
-    pending = asyncio.ensure_future(producers[0]())
+async def _pipelined(
+    producers: Sequence[Callable[[], Awaitable[bytes]]], ahead: int = 1
+) -> AsyncGenerator[bytes, None]:
+    """The results of ``producers`` in order, up to ``ahead`` next ones already running while the current
+    one is sent; what runs ahead is cancelled when the iteration ends early."""
+    running: deque[asyncio.Future[bytes]] = deque()
+    started = 0
     try:
-        for producer in producers[1:]:
-            current = await pending
-            pending = asyncio.ensure_future(producer())
+        for index in range(len(producers)):
+            if started == index:  # nothing running ahead (the first, or ahead=0)
+                running.append(asyncio.ensure_future(producers[index]()))
+                started += 1
+            current = await running.popleft()
+            while started < len(producers) and started <= index + ahead:
+                running.append(asyncio.ensure_future(producers[started]()))
+                started += 1
             yield current
-        yield await pending
     finally:
-        pending.cancel()
+        for future in running:
+            future.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
 
 
 PartContent = bytes | AsyncIterator[bytes]
-
-
-async def _read_whole(chunks: AsyncIterator[bytes]) -> bytes:
-    return b"".join([chunk async for chunk in chunks])
-
-
-async def _read_ahead(
-    sources: Sequence[tuple[Callable[[], AsyncIterator[bytes]], bool]], window: int
-) -> AsyncGenerator[PartContent, None]:
-    """The content of each source, in order. A source marked small is read whole, up to ``window`` of them
-    at once ahead of the one being sent; the others are streamed when their turn comes (the small ones after
-    them are read meanwhile)."""
-    ahead: dict[int, asyncio.Task[bytes]] = {}
-    try:
-        for index, (open_source, small) in enumerate(sources):
-            for later in range(index, min(index + window, len(sources))):
-                later_source, later_small = sources[later]
-                if later_small and later not in ahead:
-                    ahead[later] = asyncio.create_task(_read_whole(later_source()))
-            yield await ahead.pop(index) if small else open_source()
-    finally:
-        for task in ahead.values():
-            task.cancel()
-        await asyncio.gather(*ahead.values(), return_exceptions=True)
 
 
 def _multipart(parts: AsyncIterator[tuple[str, PartContent]], part_media_type: str) -> StreamingResponse:
@@ -309,6 +294,11 @@ def _instance_bytes(
     return _transcoded(components, record)
 
 
+async def _whole_instance(components: IngestComponents, record: ArchivedInstance) -> bytes:
+    """The instance's Part 10 bytes as stored, read whole."""
+    return b"".join([chunk async for chunk in components.archive.stream(record)])
+
+
 async def _retrieve_instances(
     request: Request,
     components: IngestComponents,
@@ -348,19 +338,24 @@ async def _retrieve_instances(
         yield media_type(records[0]), first
         # Read ahead only once the first instance is sent: its first bytes do not wait behind other reads.
         rest = records[1:]
-        sources = [
-            (
-                partial(_instance_bytes, components, record, wanted),
-                wanted in (None, record.transfer_syntax_uid) and record.size_bytes <= READ_AHEAD_MAX_BYTES,
-            )
+        whole = [
+            wanted in (None, record.transfer_syntax_uid) and record.size_bytes <= READ_AHEAD_MAX_BYTES
             for record in rest
         ]
-        contents = _read_ahead(sources, READ_AHEAD_INSTANCES)
+        ahead = _pipelined(
+            [
+                partial(_whole_instance, components, record)
+                for record, read_whole in zip(rest, whole, strict=True)
+                if read_whole
+            ],
+            READ_AHEAD_INSTANCES,
+        )
         try:
-            for record in rest:
-                yield media_type(record), await anext(contents)
+            for record, read_whole in zip(rest, whole, strict=True):
+                content = await anext(ahead) if read_whole else _instance_bytes(components, record, wanted)
+                yield media_type(record), content
         finally:
-            await contents.aclose()
+            await ahead.aclose()
 
     return _multipart(parts(), APPLICATION_DICOM)
 
