@@ -319,8 +319,9 @@ async def test_every_domain_event_is_appended_exactly_once(audit_url: str, publi
 
 
 async def test_a_bulk_import_is_appended_whole_and_once(audit_url: str, publisher: EventPublisher) -> None:
-    """Hundreds of events published at once (a bulk import), some twice: the consumer appends them in batches
-    (a poll's records of a partition in one transaction), every one once, in one verifiable chain."""
+    """Hundreds of events published at once (a bulk import), some twice, reach the consumer's batch handler:
+    every one is appended once, in one verifiable chain. (That a batch is one transaction is pinned on the
+    store below, where the batch is known: here Kafka decides how polls cut the stream.)"""
     patient = new_patient()
     events = [stored(patient) for _ in range(300)] + [access(patient) for _ in range(20)]
     await asyncio.gather(*(publish(publisher, event) for event in events + events[::7]))

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 
 from emage_audit.api import router
 from emage_audit.domain.atna import AuditSource
-from emage_audit.domain.chain import EMPTY_HEAD, ChainHead, ChainRecord, append_to
+from emage_audit.domain.chain import EMPTY_HEAD, ChainHead, ChainRecord, extend
 from emage_audit.domain.checkpoints import Checkpoint, CheckpointSigner, TrustedKeys
 from emage_audit.domain.entries import ExamFacts, index_fields
 from emage_audit.domain.verification import StoredRecord
@@ -32,7 +32,6 @@ from emage_common.events import (
     PatientIdentity,
     ShareChanged,
     make_event,
-    parse_rfc3339,
 )
 from emage_common.web import create_service_app
 
@@ -166,37 +165,33 @@ class MemoryAuditStore:
         self.exports: dict[str, dict[str, Any]] = {}
 
     async def append(self, items: Sequence[Appendable], *, now: datetime) -> list[Appended]:
-        return [self._append_one(item, now) for item in items]
-
-    def _append_one(self, item: Appendable, now: datetime) -> Appended:
-        entry, alert, exam = item.entry, item.alert, item.exam
-        for stored in self.documents.values():
-            if stored.record.event_id == entry.event_id:
-                return Appended(stored.record, created=False)
-        recorded = now
-        if self.chain_head.recorded_at is not None:
-            recorded = max(now, parse_rfc3339(self.chain_head.recorded_at))
-        record = append_to(self.chain_head, entry, recorded_at=recorded.isoformat().replace("+00:00", "Z"))
-        self.documents[record.seq] = StoredRecord(record, index_fields(record.type, record.data, record.time))
-        self.chain_head = ChainHead(record.seq, record.hash, record.recorded_at)
-        if alert is not None:
-            found = self.alert_documents.setdefault(
-                alert.alert_id,
-                {
-                    "alert": alert,
-                    "first_at": alert.at,
-                    "first_seq": record.seq,
-                    "last_at": alert.at,
-                    "last_seq": record.seq,
-                    "records": 0,
-                },
-            )
-            found["last_at"] = max(found["last_at"], alert.at)
-            found["last_seq"] = max(found["last_seq"], record.seq)
-            found["records"] += 1
-        if exam is not None:
-            self.exam_facts[exam.study_instance_uid] = exam
-        return Appended(record, created=True)
+        known = {stored.record.event_id: stored.record for stored in self.documents.values()}
+        entries = [item.entry for item in items]
+        extended, self.chain_head = extend(self.chain_head, entries, known=known, now=now)
+        for item, (record, created) in zip(items, extended, strict=True):
+            if not created:
+                continue
+            index = index_fields(record.type, record.data, record.time)
+            self.documents[record.seq] = StoredRecord(record, index)
+            if item.alert is not None:
+                alert = item.alert
+                found = self.alert_documents.setdefault(
+                    alert.alert_id,
+                    {
+                        "alert": alert,
+                        "first_at": alert.at,
+                        "first_seq": record.seq,
+                        "last_at": alert.at,
+                        "last_seq": record.seq,
+                        "records": 0,
+                    },
+                )
+                found["last_at"] = max(found["last_at"], alert.at)
+                found["last_seq"] = max(found["last_seq"], record.seq)
+                found["records"] += 1
+            if item.exam is not None:
+                self.exam_facts[item.exam.study_instance_uid] = item.exam
+        return [Appended(record, created) for record, created in extended]
 
     async def head(self) -> ChainHead:
         return self.chain_head

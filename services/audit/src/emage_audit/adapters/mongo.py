@@ -36,12 +36,11 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from emage_audit.domain.chain import EMPTY_HEAD, GENESIS_HASH, ChainHead, ChainRecord, append_to
+from emage_audit.domain.chain import EMPTY_HEAD, GENESIS_HASH, ChainHead, ChainRecord, extend
 from emage_audit.domain.checkpoints import Checkpoint
 from emage_audit.domain.entries import AlertSighting, ExamFacts, index_fields
 from emage_audit.domain.verification import StoredRecord
 from emage_audit.service import Alert, Appendable, Appended, RecordQuery
-from emage_common.events import format_rfc3339, parse_rfc3339
 from emage_common.mongo import in_transaction
 
 Document = dict[str, Any]
@@ -213,29 +212,20 @@ class MongoAuditStore:
                 document["event_id"]: _record(document)
                 async for document in self._records.find({"event_id": {"$in": event_ids}}, session=session)
             }
-            start = head = await self._head(session)
-            recorded = now
-            if head.recorded_at is not None:
-                # Append times never go back, even if this machine's clock does: retention relies on them.
-                recorded = max(now, parse_rfc3339(head.recorded_at))
-            recorded_at = format_rfc3339(recorded)
-            results: list[Appended] = []
+            start = await self._head(session)
+            extended, head = extend(start, [item.entry for item in items], known=known, now=now)
             documents: list[Document] = []
             alerts: list[UpdateOne] = []
             exams: list[UpdateOne] = []
-            for item in items:
-                if (existing := known.get(item.entry.event_id)) is not None:
-                    results.append(Appended(existing, created=False))
+            for item, (record, created) in zip(items, extended, strict=True):
+                if not created:
                     continue
-                record = append_to(head, item.entry, recorded_at=recorded_at)
-                head = ChainHead(seq=record.seq, hash=record.hash, recorded_at=record.recorded_at)
-                known[record.event_id] = record
-                results.append(Appended(record, created=True))
                 documents.append(_record_document(record))
                 if item.alert is not None:
                     alerts.append(_alert_update(item.alert, record.seq))
                 if item.exam is not None:
                     exams.append(_exam_update(item.exam))
+            results = [Appended(record, created) for record, created in extended]
             if not documents:
                 return results
             await self._records.insert_many(documents, session=session)

@@ -13,11 +13,13 @@ checkpoint (:mod:`emage_audit.domain.checkpoints`), still holds.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Final
 
 from emage_audit.domain.canonical import sha256_hex
+from emage_common.events import format_rfc3339, parse_rfc3339
 
 GENESIS_HASH: Final = "0" * 64
 """The ``prev_hash`` of the first record ever appended."""
@@ -120,3 +122,25 @@ def append_to(head: ChainHead, entry: ChainEntry, *, recorded_at: str) -> ChainR
             data=entry.data,
         ),
     )
+
+
+def extend(
+    head: ChainHead, entries: Sequence[ChainEntry], *, known: Mapping[str, ChainRecord], now: datetime
+) -> tuple[list[tuple[ChainRecord, bool]], ChainHead]:
+    """What appending ``entries`` in order after ``head`` gives: for each entry its record and whether it is
+    new, and the new head. An entry whose event is ``known`` (already in the trail) or earlier in ``entries``
+    appends nothing and gets the record holding its event. The batch's append time is ``now``, or the head's
+    if later: append times never go back, even if this machine's clock does (retention relies on them)."""
+    recorded = now if head.recorded_at is None else max(now, parse_rfc3339(head.recorded_at))
+    recorded_at = format_rfc3339(recorded)
+    seen = dict(known)
+    extended: list[tuple[ChainRecord, bool]] = []
+    for entry in entries:
+        if (existing := seen.get(entry.event_id)) is not None:
+            extended.append((existing, False))
+            continue
+        record = append_to(head, entry, recorded_at=recorded_at)
+        head = ChainHead(seq=record.seq, hash=record.hash, recorded_at=record.recorded_at)
+        seen[entry.event_id] = record
+        extended.append((record, True))
+    return extended, head
