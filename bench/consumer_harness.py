@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import statistics
 import sys
 import time
 from collections import Counter
@@ -22,6 +21,7 @@ from aiokafka.structs import TopicPartition
 from pymongo import monitoring
 
 from bench.data import catalog_instances, catalog_plan, instance_stored_record
+from bench.stats import median, percentile
 from emage_common.events import INSTANCE_STORED_TOPIC, CloudEvent
 
 PARTITIONS: Final = 12
@@ -242,23 +242,13 @@ async def measure(
     )
 
 
-def percentile(samples: Sequence[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    position = (len(ordered) - 1) * fraction
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
 def print_progress(run: int, outcome: Outcome) -> None:
     """One run's figures, on stderr."""
     print(
         f"run {run}: bulk {outcome.bulk_events_per_s:,.1f} events/s, "
         f"{outcome.commands_per_event:.2f} commands/event; "
         f"redelivery {outcome.redelivery_events_per_s:,.1f} events/s"
-        + (
-            f"; one event: p50 {percentile(outcome.latencies_ms, 0.5):.1f} ms" if outcome.latencies_ms else ""
-        ),
+        + (f"; one event: p50 {median(outcome.latencies_ms):.1f} ms" if outcome.latencies_ms else ""),
         file=sys.stderr,
     )
 
@@ -270,14 +260,11 @@ def print_figures(outcomes: Sequence[Outcome], events: int, *, cpu_of: str) -> N
     redelivery = [outcome.redelivery_events_per_s for outcome in outcomes]
     latencies = [sample for outcome in outcomes for sample in outcome.latencies_ms]
     commands = outcomes[len(outcomes) // 2].commands
-    median_commands = statistics.median(outcome.commands_per_event for outcome in outcomes)
-    median_cpu = statistics.median(outcome.cpu_ms_per_event for outcome in outcomes)
+    median_commands = median([outcome.commands_per_event for outcome in outcomes])
+    median_cpu = median([outcome.cpu_ms_per_event for outcome in outcomes])
+    print(f"  bulk load       {median(bulk):8,.1f} events/s  (min {min(bulk):,.1f}, max {max(bulk):,.1f})")
     print(
-        f"  bulk load       {statistics.median(bulk):8,.1f} events/s  "
-        f"(min {min(bulk):,.1f}, max {max(bulk):,.1f})"
-    )
-    print(
-        f"  redelivery      {statistics.median(redelivery):8,.1f} events/s  "
+        f"  redelivery      {median(redelivery):8,.1f} events/s  "
         f"(min {min(redelivery):,.1f}, max {max(redelivery):,.1f})"
     )
     print(f"  round trips     {median_commands:8.2f} MongoDB commands/event (bulk load)")
@@ -285,7 +272,7 @@ def print_figures(outcomes: Sequence[Outcome], events: int, *, cpu_of: str) -> N
         print(f"    {name:<22} {count / events:6.2f}/event")
     print(f"  consumer CPU    {median_cpu:8.2f} ms/event (this process: {cpu_of})")
     if latencies:
-        p50, p95, p99 = (percentile(latencies, fraction) for fraction in (0.5, 0.95, 0.99))
+        p50, p95, p99 = (percentile(latencies, q) for q in (50, 95, 99))
         print(
             f"  one event       p50 {p50:.1f} ms, p95 {p95:.1f} ms, p99 {p99:.1f} ms "
             f"(available → committed, n={len(latencies)})"
